@@ -1,0 +1,1 @@
+"""Medical data: reading, validating, splitting, preprocessing and caching one site's cases."""

@@ -1,0 +1,108 @@
+"""One site's data, read, checked, split and preprocessed once, then served from memory.
+
+Every case is read and checked before training starts; all problems of a site are reported
+together (DataError). Preprocessed cases are cached so epochs never re-read or re-resample files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.data import Dataset, list_data_collate
+from monai.data.meta_tensor import MetaTensor
+from torch.utils.data import DataLoader
+
+from fedseg.data.errors import DataError, Problem
+from fedseg.data.loading import LoadedCase, load_case
+from fedseg.data.partition import shard_cases
+from fedseg.data.preprocessing import Preprocessing, deterministic_transforms, random_transforms
+from fedseg.data.site import SPLITS, discover_cases
+from fedseg.data.splits import SplitFractions, assign_splits
+from fedseg.data.task import Task
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Where a site's data lives; ``shard = (index, count)`` takes one part of a pooled folder."""
+
+    name: str
+    path: Path
+    shard: tuple[int, int] | None = None
+
+
+class SiteDataset:
+    """Preprocessed cases of one site, by split (``train``, ``val``, ``test``)."""
+
+    def __init__(self, spec: SiteSpec, task: Task, preprocessing: Preprocessing,
+                 fractions: SplitFractions, seed: int, divisible_by: int = 16):
+        self.name = spec.name
+        self.task = task
+        self.preprocessing = preprocessing
+        cases = discover_cases(spec.name, spec.path)
+        if spec.shard is not None:
+            cases = shard_cases(cases, *spec.shard, seed=seed)
+        by_split = assign_splits(cases, fractions, seed, spec.name)
+        self._check_splits(spec, by_split, fractions)
+
+        loaded: dict[str, list[LoadedCase]] = {s: [] for s in SPLITS}
+        problems: list[Problem] = []
+        for split, split_cases in by_split.items():
+            for case in split_cases:
+                result, case_problems = load_case(case, task)
+                problems.extend(case_problems)
+                if result is not None:
+                    loaded[split].append(result)
+        if problems:
+            raise DataError(spec.name, problems)
+
+        prepare = deterministic_transforms(preprocessing, task.spatial_dims, divisible_by)
+        self.cases: dict[str, list[dict]] = {
+            split: [prepare(_as_dict(c)) for c in items] for split, items in loaded.items()
+        }
+        self._augment = random_transforms(preprocessing, task.spatial_dims)
+        self._check_uniform_size()
+
+    @property
+    def n_train(self) -> int:
+        return len(self.cases["train"])
+
+    def train_loader(self, batch_size: int, seed: int) -> DataLoader:
+        """Batches of augmented training samples, shuffled and augmented reproducibly from ``seed``."""
+        self._augment.set_random_state(seed=seed % (2**32))
+        generator = torch.Generator().manual_seed(seed)
+        dataset = Dataset(self.cases["train"], transform=self._augment)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                          collate_fn=list_data_collate, num_workers=0, drop_last=False)
+
+    @staticmethod
+    def _check_splits(spec: SiteSpec, by_split: dict, fractions: SplitFractions) -> None:
+        problems = []
+        wanted = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
+        for split, items in by_split.items():
+            if not items and (wanted[split] > 0 or split == "train"):
+                problems.append(Problem(spec.path, f"the '{split}' split has no cases "
+                                                   f"({sum(map(len, by_split.values()))} cases in all): add "
+                                                   f"cases, or change the split fractions / manifest"))
+        if problems:
+            raise DataError(spec.name, problems)
+
+    def _check_uniform_size(self) -> None:
+        if self.preprocessing.patch_size is not None or self.preprocessing.spatial_size is not None:
+            return
+        shapes = {tuple(c["image"].shape[1:]) for c in self.cases["train"]}
+        if len(shapes) > 1:
+            raise DataError(self.name, [Problem(Path(self.name), (
+                f"training images have {len(shapes)} different shapes after preprocessing (e.g. "
+                f"{sorted(shapes)[:3]}); set preprocessing.spatial_size or preprocessing.patch_size")
+            )])
+
+
+def _as_dict(case: LoadedCase) -> dict:
+    affine = torch.as_tensor(case.image.affine, dtype=torch.float64)
+    return {
+        "image": MetaTensor(torch.from_numpy(case.image.array), affine=affine),
+        "label": MetaTensor(torch.from_numpy(case.label[None]), affine=affine),
+        "case": case.case.name,
+    }

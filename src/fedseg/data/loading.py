@@ -1,0 +1,131 @@
+"""Read and check one case: everything that would break training is caught here, per file.
+
+Label files must hold integer values declared in the task. One exception, for 2D image formats
+only: a binary task's 8-bit mask stored as 0/255, or saved lossily as JPEG, is binarised at 128
+(values >= 128 are foreground), since that is how such masks are commonly distributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedseg.data.errors import Problem
+from fedseg.data.readers import IMAGE_2D_SUFFIXES, ReadError, Volume, read_volume
+from fedseg.data.site import Case
+from fedseg.data.task import Task
+
+AFFINE_TOLERANCE = 1e-3  # mm; image and label must share a grid to this precision
+BINARISE_THRESHOLD = 128
+
+
+@dataclass
+class LoadedCase:
+    """A case's pixels as read (image float32, label as class indices) plus summary numbers."""
+
+    case: Case
+    image: Volume
+    label: np.ndarray
+    label_counts: dict[int, int] = field(default_factory=dict)
+    """Voxel count per stored label value, before mapping to class indices."""
+    binarised: bool = False
+
+
+def load_case(case: Case, task: Task) -> tuple[LoadedCase | None, list[Problem]]:
+    """The checked case, or None and the list of problems found with it."""
+    problems: list[Problem] = []
+    image = _read(case.image, task, problems)
+    label = _read(case.label, task, problems)
+    if image is None or label is None:
+        return None, problems
+
+    image_array = _image_channels(image.array, case.image, task, problems)
+    if image_array is not None and not np.isfinite(image_array).all():
+        problems.append(Problem(case.image, "image contains NaN or infinite values; fix or remove the case"))
+
+    label_array = _single_channel_label(label.array, case.label, problems)
+    if image.spatial_shape != label.spatial_shape:
+        problems.append(Problem(case.label, f"label shape {label.spatial_shape} does not match image shape "
+                                            f"{image.spatial_shape} ({case.image.name}); resample the label "
+                                            "onto the image grid"))
+    elif not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE):
+        problems.append(Problem(case.label, "label affine (spacing/origin/orientation) does not match the "
+                                            f"image's: spacing {_fmt(label.spacing)} vs {_fmt(image.spacing)}, "
+                                            f"origin {_fmt(label.affine[:-1, -1])} vs {_fmt(image.affine[:-1, -1])}; "
+                                            "resample the label onto the image grid or fix its header"))
+    if label_array is None or image_array is None:
+        return None, problems
+
+    indices, counts, binarised = _label_classes(label_array, case.label, task, problems)
+    if problems:
+        return None, problems
+    volume = Volume(image_array.astype(np.float32, copy=False), image.affine)
+    return LoadedCase(case, volume, indices, counts, binarised), []
+
+
+def _read(path: Path, task: Task, problems: list[Problem]) -> Volume | None:
+    try:
+        return read_volume(path, task.spatial_dims)
+    except ReadError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+
+
+def _image_channels(array: np.ndarray, path: Path, task: Task, problems: list[Problem]) -> np.ndarray | None:
+    channels = array.shape[0]
+    if channels == task.in_channels:
+        return array
+    if channels in (3, 4) and task.in_channels == 1:  # RGB(A) picture of a grey modality
+        return array[:3].astype(np.float32).mean(axis=0, keepdims=True)
+    problems.append(Problem(path, f"image has {channels} channel(s) but task.in_channels is {task.in_channels}; "
+                                  "set task.in_channels to match"))
+    return None
+
+
+def _single_channel_label(array: np.ndarray, path: Path, problems: list[Problem]) -> np.ndarray | None:
+    if array.shape[0] == 1:
+        return array[0]
+    if array.shape[0] in (3, 4) and all(np.array_equal(array[0], array[c]) for c in (1, 2)):
+        return array[0]  # grey mask saved as RGB
+    problems.append(Problem(path, f"label has {array.shape[0]} channels with different content; a label "
+                                  "must be a single-channel map of class values"))
+    return None
+
+
+def _label_classes(label: np.ndarray, path: Path, task: Task,
+                   problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
+    if not np.isfinite(label).all():
+        problems.append(Problem(path, "label contains NaN or infinite values"))
+        return label, {}, False
+    if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
+        bad = np.unique(label[label != np.round(label)])[:5]
+        problems.append(Problem(path, f"label has non-integer values (e.g. {_fmt(bad)}); labels must be "
+                                      "integer class values: re-export with nearest-neighbour interpolation"))
+        return label, {}, False
+    values, counts = np.unique(label.astype(np.int64), return_counts=True)
+    found = {int(v): int(c) for v, c in zip(values, counts)}
+    declared = set(task.class_values)
+    binarised = False
+    if not set(found) <= declared:
+        if _can_binarise(path, label, task):
+            label = np.where(label >= BINARISE_THRESHOLD, task.class_values[1], 0)
+            binarised = True
+        else:
+            undeclared = {v: c for v, c in found.items() if v not in declared}
+            problems.append(Problem(path, f"undeclared label values {undeclared} (value: voxel count); the "
+                                          f"task declares {task.labels}: add them to task.labels or fix the label"))
+            return label, found, False
+    lookup = np.zeros(max(task.class_values) + 1, dtype=np.int64)
+    lookup[task.class_values] = np.arange(task.n_classes)
+    return lookup[label.astype(np.int64)].astype(np.uint8), found, binarised
+
+
+def _can_binarise(path: Path, label: np.ndarray, task: Task) -> bool:
+    return (task.n_classes == 2 and path.name.lower().endswith(IMAGE_2D_SUFFIXES)
+            and label.min() >= 0 and label.max() <= 255)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"

@@ -1,0 +1,122 @@
+"""Preprocessing as the literature does it, built from MONAI dictionary transforms.
+
+Deterministic steps (orientation, spacing, intensity, size) run once per case and are cached;
+random steps (patch sampling with a foreground ratio, flips, 90-degree rotations) run every time
+a training batch is drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from monai.transforms import (
+    Compose,
+    DivisiblePadd,
+    EnsureTyped,
+    FgBgToIndicesd,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+    SpatialPadd,
+)
+
+KEYS = ("image", "label")
+INTENSITY_MODES = ("none", "clip_rescale", "percentile_rescale", "zscore")
+RESIZE_MODES = ("pad_crop", "resize")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How every case of every site is prepared; all sites of an experiment share it.
+
+    intensity: ``clip_rescale`` clips to ``clip`` (e.g. CT HU -200..250) and maps to [-1, 1];
+    ``percentile_rescale`` does the same between per-case ``percentiles`` (for MR);
+    ``zscore`` subtracts the mean and divides by the standard deviation per channel.
+    """
+
+    orientation: str | None = "RAS"
+    spacing: tuple[float, ...] | None = None
+    intensity: str = "percentile_rescale"
+    clip: tuple[float, float] | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    spatial_size: tuple[int, ...] | None = None
+    resize_mode: str = "pad_crop"
+    patch_size: tuple[int, ...] | None = None
+    patches_per_case: int = 1
+    foreground_ratio: float = 0.5
+    flip: bool = False
+    rotate90: bool = False
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got '{self.intensity}'")
+        if self.intensity == "clip_rescale" and (self.clip is None or len(self.clip) != 2
+                                                 or self.clip[0] >= self.clip[1]):
+            raise ValueError(f"preprocessing.clip must be [lower, upper] with lower < upper for "
+                             f"intensity = 'clip_rescale', got {self.clip}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"preprocessing.resize_mode must be one of {RESIZE_MODES}, got '{self.resize_mode}'")
+        if not 0.0 <= self.foreground_ratio <= 1.0:
+            raise ValueError(f"preprocessing.foreground_ratio must be within [0, 1], got {self.foreground_ratio}")
+        if self.patches_per_case < 1:
+            raise ValueError(f"preprocessing.patches_per_case must be >= 1, got {self.patches_per_case}")
+
+    def check_dims(self, spatial_dims: int) -> None:
+        for name in ("spacing", "spatial_size", "patch_size"):
+            value = getattr(self, name)
+            if value is not None and len(value) != spatial_dims:
+                raise ValueError(f"preprocessing.{name} has {len(value)} values but the task is "
+                                 f"{spatial_dims}D: give {spatial_dims} values")
+
+
+def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: int) -> Compose:
+    """Steps applied once per case; the result is what gets cached and evaluated on."""
+    steps: list = []
+    if spatial_dims == 3 and p.orientation:
+        steps.append(Orientationd(keys=KEYS, axcodes=p.orientation, labels=None))
+    if p.spacing is not None:
+        steps.append(Spacingd(keys=KEYS, pixdim=p.spacing, mode=("bilinear", "nearest")))
+    if p.intensity == "clip_rescale":
+        lower, upper = p.clip
+        steps.append(ScaleIntensityRanged(keys="image", a_min=lower, a_max=upper, b_min=-1.0, b_max=1.0, clip=True))
+    elif p.intensity == "percentile_rescale":
+        lower, upper = p.percentiles
+        steps.append(ScaleIntensityRangePercentilesd(keys="image", lower=lower, upper=upper, b_min=-1.0,
+                                                     b_max=1.0, clip=True, channel_wise=True))
+    elif p.intensity == "zscore":
+        steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
+    if p.spatial_size is not None:
+        if p.resize_mode == "resize":
+            steps.append(Resized(keys=KEYS, spatial_size=p.spatial_size, mode=("area", "nearest")))
+        else:
+            steps.append(ResizeWithPadOrCropd(keys=KEYS, spatial_size=p.spatial_size))
+    if p.patch_size is not None:
+        steps.append(SpatialPadd(keys=KEYS, spatial_size=p.patch_size))
+        steps.append(FgBgToIndicesd(keys="label"))
+    else:  # whole images go through the network: every size must survive the down-sampling
+        steps.append(DivisiblePadd(keys=KEYS, k=divisible_by))
+    steps.append(EnsureTyped(keys=KEYS, track_meta=False))
+    return Compose(steps)
+
+
+def random_transforms(p: Preprocessing, spatial_dims: int) -> Compose:
+    """Steps drawn anew for every training sample; seeded by the trainer each round."""
+    steps: list = []
+    if p.patch_size is not None:
+        steps.append(RandCropByPosNegLabeld(
+            keys=KEYS, label_key="label", spatial_size=p.patch_size, pos=p.foreground_ratio,
+            neg=1.0 - p.foreground_ratio, num_samples=p.patches_per_case,
+            fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices"))
+    if p.flip:
+        steps.extend(RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims))
+    if p.rotate90:
+        steps.append(RandRotate90d(keys=KEYS, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+    return Compose(steps)

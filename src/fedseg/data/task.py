@@ -1,0 +1,43 @@
+"""What is being segmented: the global label set, dimensionality and input channels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    """``labels`` maps class names to the values stored in label files; background must be 0."""
+
+    labels: dict[str, int]
+    spatial_dims: int = 3
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"task.spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.in_channels < 1:
+            raise ValueError(f"task.in_channels must be >= 1, got {self.in_channels}")
+        values = list(self.labels.values())
+        if 0 not in values:
+            raise ValueError(f"task.labels must map a background class to 0, got {self.labels}")
+        if len(set(values)) != len(values) or len(values) < 2:
+            raise ValueError(f"task.labels needs at least two classes with distinct values, got {self.labels}")
+
+    @property
+    def class_values(self) -> list[int]:
+        """Stored label values in class-index order (background first)."""
+        return sorted(self.labels.values())
+
+    @property
+    def class_names(self) -> list[str]:
+        by_value = {v: k for k, v in self.labels.items()}
+        return [by_value[v] for v in self.class_values]
+
+    @property
+    def foreground_names(self) -> list[str]:
+        return self.class_names[1:]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)

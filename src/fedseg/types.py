@@ -1,0 +1,52 @@
+"""Plain data exchanged between sites, compute plans and runtimes.
+
+Kept free of torch so that compute plans stay pure numpy code and the same objects can travel
+over any transport: only weights and scalar metrics ever leave a site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+"""A model's parameters by name, as numpy arrays (the state dict of the network)."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What a compute plan asks one site to do in one round."""
+
+    round: int
+    seed: int
+    local_epochs: int | None = None
+    local_steps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Update:
+    """What a site sends back after local training: weights, how much data, scalar metrics."""
+
+    weights: Weights
+    n_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CaseMetrics:
+    """Segmentation quality of one test case."""
+
+    case: str
+    dice: dict[str, float]
+    """Dice per foreground class name."""
+
+    @property
+    def mean_dice(self) -> float:
+        values = [v for v in self.dice.values() if not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "dice": self.dice, "mean_dice": self.mean_dice}
