@@ -50,3 +50,9 @@ class CaseMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         return {"case": self.case, "dice": self.dice, "mean_dice": self.mean_dice}
+
+
+def mean_dice(cases: list[CaseMetrics]) -> float:
+    """Mean over cases of each case's mean foreground Dice (cases without a value are left out)."""
+    values = [c.mean_dice for c in cases if not np.isnan(c.mean_dice)]
+    return float(np.mean(values)) if values else float("nan")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedseg.errors import UserError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -17,7 +19,7 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad input found before training; carries every problem found, not just the first."""
 
     def __init__(self, site: str, problems: list[Problem]):

@@ -33,8 +33,12 @@ class LoadedCase:
     binarised: bool = False
 
 
-def load_case(case: Case, task: Task) -> tuple[LoadedCase | None, list[Problem]]:
-    """The checked case, or None and the list of problems found with it."""
+def load_case(case: Case, task: Task, check_declared: bool = True) -> tuple[LoadedCase | None, list[Problem]]:
+    """The checked case, or None and the list of problems found with it.
+
+    With ``check_declared=False`` (inspecting a site whose labels are not known yet) label values
+    are only checked to be integers and are returned as stored, not mapped to class indices.
+    """
     problems: list[Problem] = []
     image = _read(case.image, task, problems)
     label = _read(case.label, task, problems)
@@ -58,7 +62,10 @@ def load_case(case: Case, task: Task) -> tuple[LoadedCase | None, list[Problem]]
     if label_array is None or image_array is None:
         return None, problems
 
-    indices, counts, binarised = _label_classes(label_array, case.label, task, problems)
+    if check_declared:
+        indices, counts, binarised = _label_classes(label_array, case.label, task, problems)
+    else:
+        indices, counts, binarised = _integer_values(label_array, case.label, problems)
     if problems:
         return None, problems
     volume = Volume(image_array.astype(np.float32, copy=False), image.affine)
@@ -94,8 +101,9 @@ def _single_channel_label(array: np.ndarray, path: Path, problems: list[Problem]
     return None
 
 
-def _label_classes(label: np.ndarray, path: Path, task: Task,
-                   problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
+def _integer_values(label: np.ndarray, path: Path,
+                    problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
+    """The label as int64 and its voxel count per value, if every value is a finite integer."""
     if not np.isfinite(label).all():
         problems.append(Problem(path, "label contains NaN or infinite values"))
         return label, {}, False
@@ -104,8 +112,16 @@ def _label_classes(label: np.ndarray, path: Path, task: Task,
         problems.append(Problem(path, f"label has non-integer values (e.g. {_fmt(bad)}); labels must be "
                                       "integer class values: re-export with nearest-neighbour interpolation"))
         return label, {}, False
-    values, counts = np.unique(label.astype(np.int64), return_counts=True)
-    found = {int(v): int(c) for v, c in zip(values, counts)}
+    label = label.astype(np.int64)
+    values, counts = np.unique(label, return_counts=True)
+    return label, {int(v): int(c) for v, c in zip(values, counts)}, False
+
+
+def _label_classes(label: np.ndarray, path: Path, task: Task,
+                   problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
+    label, found, _ = _integer_values(label, path, problems)
+    if problems:
+        return label, found, False
     declared = set(task.class_values)
     binarised = False
     if not set(found) <= declared:
@@ -119,7 +135,7 @@ def _label_classes(label: np.ndarray, path: Path, task: Task,
             return label, found, False
     lookup = np.zeros(max(task.class_values) + 1, dtype=np.int64)
     lookup[task.class_values] = np.arange(task.n_classes)
-    return lookup[label.astype(np.int64)].astype(np.uint8), found, binarised
+    return lookup[label].astype(np.uint8), found, binarised
 
 
 def _can_binarise(path: Path, label: np.ndarray, task: Task) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedseg.data.site import Case
-from fedseg.data.splits import stable_seed
+from fedseg.seeding import stable_seed
 
 
 def shard_cases(cases: list[Case], index: int, count: int, seed: int) -> list[Case]:

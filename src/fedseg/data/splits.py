@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedseg.data.site import SPLITS, Case
+from fedseg.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,6 @@ class SplitFractions:
         if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and add up to 1, got "
                              f"train={self.train}, val={self.val}, test={self.test}")
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed that depends only on its parts (not on Python's per-process hash salt)."""
-    words = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 def assign_splits(cases: list[Case], fractions: SplitFractions, seed: int, site: str) -> dict[str, list[Case]]:

@@ -1,0 +1,129 @@
+"""``fedseg`` command line: demo, simulate, data check, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from fedseg.errors import UserError
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun with --resume to continue from the last completed round")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedseg", description=__doc__)
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="federated training on built-in synthetic 3-site data")
+    demo.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
+    demo.add_argument("--rounds", type=int, default=None, help="federated rounds (default 12)")
+    demo.add_argument("--cases", type=int, default=48, help="cases per site (default 48)")
+    demo.set_defaults(handler=_demo)
+
+    simulate = commands.add_parser("simulate", help="run an experiment file in the in-process simulation")
+    simulate.add_argument("experiment", type=Path, help="experiment TOML file")
+    simulate.add_argument("--out", type=Path, required=True, help="run directory to write")
+    simulate.add_argument("--resume", action="store_true", help="continue after the last completed round")
+    simulate.set_defaults(handler=_simulate)
+
+    data = commands.add_parser("data", help="data utilities").add_subparsers(metavar="ACTION")
+    check = data.add_parser("check", help="read a site and report cases, shapes, intensities, labels, errors")
+    check.add_argument("site", type=Path, help="site folder (images/ + labels/) or CSV manifest")
+    check.add_argument("--labels", help="declared label values, e.g. background=0,liver=1")
+    check.add_argument("--dims", type=int, choices=(2, 3), help="spatial dimensions (default: from the files)")
+    check.set_defaults(handler=_data_check)
+
+    report = commands.add_parser("report", help="(re)write report.md of a run directory")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _simulate(args) -> int:
+    from fedseg.experiment import load_experiment
+
+    experiment = load_experiment(args.experiment)
+    _run(experiment, args.out, args.resume)
+    return 0
+
+
+def _run(experiment, out: Path, resume: bool) -> dict:
+    from fedseg.console import ProgressObserver, results_table
+    from fedseg.simulate import run_simulation
+
+    console.print(f"[bold]{experiment.name}[/]: {len(experiment.sites)} sites, "
+                  f"{experiment.federation.rounds} rounds of {experiment.federation.plan}; "
+                  "reading and checking the data ...")
+    with ProgressObserver(console, experiment.federation.rounds, len(experiment.sites)) as observer:
+        results = run_simulation(experiment, out, resume=resume, observer=observer)
+    console.print(results_table(results))
+    console.print(f"run directory: {out}\nreport: {out / 'report.md'}  "
+                  f"(wall time {results['wall_time_s']:.0f} s)")
+    return results
+
+
+def _demo(args) -> int:
+    from fedseg.demo import demo_experiment
+
+    out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    experiment = demo_experiment(out / "data", rounds=args.rounds, n_cases=args.cases)
+    _run(experiment, out, resume=False)
+    return 0
+
+
+def _data_check(args) -> int:
+    from fedseg.console import inspection_table
+    from fedseg.data.inspect import inspect_site
+
+    labels = _parse_labels(args.labels) if args.labels else None
+    inspection = inspect_site(args.site, labels=labels, spatial_dims=args.dims)
+    if inspection.cases:
+        console.print(inspection_table(inspection))
+        totals = ", ".join(f"{v}: {c}" for v, c in inspection.label_totals.items())
+        console.print(f"label values over all readable cases (value: voxels): {totals}")
+    for problem in inspection.problems:
+        console.print(f"[red]error[/] {problem}", highlight=False, soft_wrap=True)
+    bad = len(inspection.problems)
+    console.print(f"{len(inspection.cases)} case(s) ok, {bad} problem(s)")
+    return 1 if bad else 0
+
+
+def _parse_labels(text: str) -> dict[str, int]:
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError:
+        raise UserError(f"--labels must look like background=0,liver=1, got '{text}'") from None
+
+
+def _report(args) -> int:
+    from fedseg.report.markdown import write_report
+
+    if not (args.run_dir / "results.json").exists():
+        raise UserError(f"{args.run_dir} has no results.json: is it a finished fedseg run directory?")
+    console.print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

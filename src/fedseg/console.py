@@ -1,0 +1,71 @@
+"""Terminal output with rich: training progress and result tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedseg.data.inspect import SiteInspection
+from fedseg.types import Update
+
+
+class ProgressObserver:
+    """A progress bar over (round, site) trainings, with the last loss and validation Dice."""
+
+    def __init__(self, console: Console, rounds: int, n_sites: int):
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
+        self.task = self.progress.add_task("training", total=rounds * n_sites, status="")
+        self.n_sites = n_sites
+
+    def __enter__(self) -> "ProgressObserver":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def round_started(self, round: int, sites: list[str]) -> None:
+        self.progress.update(self.task, description=f"round {round + 1}",
+                             completed=round * self.n_sites)
+
+    def site_trained(self, round: int, site: str, update: Update) -> None:
+        self.progress.update(self.task, advance=1,
+                             status=f"{site}: loss {update.metrics.get('train_loss', float('nan')):.3f}")
+
+    def round_finished(self, round: int, records: list[dict]) -> None:
+        dice = [r["global_val_dice"] for r in records if r.get("global_val_dice") is not None]
+        if dice:
+            self.progress.update(self.task, status=f"global val Dice {sum(dice) / len(dice):.3f}")
+
+
+def results_table(results: dict) -> Table:
+    classes = list(results["overall"]["dice_per_class"])
+    table = Table(title=f"Test Dice of {results['model']}")
+    for column in ("site", "cases", "mean Dice ± sd", *classes):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    rows = dict(results["sites"], overall=results["overall"])
+    for site, summary in rows.items():
+        mean, sd = summary["mean_dice"], summary["sd_dice"]
+        table.add_row(site, str(summary["n_cases"]), "n/a" if mean is None else f"{mean:.3f} ± {sd:.3f}",
+                      *[_fmt(summary["dice_per_class"].get(c)) for c in classes],
+                      style="bold" if site == "overall" else None)
+    return table
+
+
+def inspection_table(inspection: SiteInspection) -> Table:
+    table = Table(title=f"{inspection.path}: {len(inspection.cases)} readable case(s)")
+    for column in ("case", "shape", "spacing", "ch", "intensity min..max", "label values (voxels)"):
+        table.add_column(column)
+    for case in inspection.cases:
+        labels = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
+        table.add_row(case.name, "x".join(map(str, case.shape)), "x".join(f"{s:g}" for s in case.spacing),
+                      str(case.channels), f"{case.intensity[0]:g}..{case.intensity[1]:g}",
+                      labels + (" (binarised at 128)" if case.binarised else ""))
+    return table
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

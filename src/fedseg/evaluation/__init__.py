@@ -1,0 +1,1 @@
+"""Evaluating trained models on sites' held-out test cases and summarising the results."""

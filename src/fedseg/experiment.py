@@ -1,0 +1,186 @@
+"""The experiment file: one TOML that describes a federated run, checked before anything runs.
+
+Every section maps onto a dataclass of the layer that uses it; unknown keys and bad values are
+errors that name the file, the section and the key. Relative site paths are relative to the
+experiment file. The resolved experiment (absolute paths, defaults filled in) is what a run
+directory keeps, and what ``--resume`` compares against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedseg.data.dataset import SiteSpec
+from fedseg.data.preprocessing import Preprocessing
+from fedseg.data.splits import SplitFractions
+from fedseg.data.task import Task
+from fedseg.errors import UserError
+from fedseg.models.registry import ModelConfig
+from fedseg.training.trainer import TrainingConfig
+
+PLANS = ("fedavg",)
+
+
+class ConfigError(UserError):
+    """The experiment file is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 10
+    plan: str = "fedavg"
+    weighted_by: str = "n_samples"
+    validate_global: bool = True
+    """Evaluate the global model on each site's validation cases after every round."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.plan not in PLANS:
+            raise ValueError(f"plan must be one of {PLANS}, got '{self.plan}'")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    seed: int
+    task: Task
+    sites: tuple[SiteSpec, ...]
+    splits: SplitFractions = SplitFractions()
+    preprocessing: Preprocessing = Preprocessing()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    federation: FederationConfig = FederationConfig()
+    source: Path | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved experiment as plain TOML-able data (absolute paths, no None values)."""
+        data: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        for section in ("task", "splits", "preprocessing", "model", "training", "federation"):
+            data[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        data["preprocessing"].pop("extra", None)
+        data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard}) for s in self.sites]
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
+            "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig}
+TOP_LEVEL = {"name", "seed", "sites", *SECTIONS}
+
+
+def load_experiment(path: Path) -> Experiment:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_experiment(data, source=path)
+
+
+def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experiment:
+    where = str(source) if source else "experiment"
+    base = source.parent.resolve() if source else Path.cwd()
+    unknown = set(data) - TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+    if "task" not in data:
+        raise ConfigError(f"{where}: missing [task] section, e.g. [task] labels = {{ background = 0, organ = 1 }}")
+    sections = {name: _build(cls, data.get(name, {}), name, where) for name, cls in SECTIONS.items()}
+    try:
+        sections["preprocessing"].check_dims(sections["task"].spatial_dims)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    sites = tuple(_site(entry, i, base, where) for i, entry in enumerate(data.get("sites", [])))
+    if not sites:
+        raise ConfigError(f"{where}: no sites; add [[sites]] tables with name and path")
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: site names must be unique, got {names}")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
+    name = data.get("name", source.stem if source else "experiment")
+    return Experiment(name=str(name), seed=seed, sites=sites, source=source, **sections)
+
+
+def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
+    label = f"[[sites]] #{index + 1}"
+    if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
+        raise ConfigError(f"{where}: {label} needs name and path")
+    unknown = set(entry) - {"name", "path", "shard"}
+    if unknown:
+        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: name, path, shard")
+    shard = entry.get("shard")
+    if shard is not None:
+        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)
+                and 0 <= shard[0] < shard[1]):
+            raise ConfigError(f"{where}: {label} shard must be [index, count] with 0 <= index < count, got {shard}")
+        shard = tuple(shard)
+    path = Path(str(entry["path"])).expanduser()
+    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard)
+
+
+def _build(cls: type, table: Any, section: str, where: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    hints = typing.get_type_hints(cls)
+    allowed = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: [{section}] unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for key, value in table.items():
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"{where}: [{section}] {key} = {value!r} has the wrong type; expected {_describe(hints[key])}")
+    values = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints[k]) else v for k, v in table.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [{section}] {exc}") from None
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "nothing")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

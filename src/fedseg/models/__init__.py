@@ -1,0 +1,1 @@
+"""Segmentation networks by name (MONAI's implementations), 2D and 3D."""

@@ -1,0 +1,48 @@
+"""Build a MONAI segmentation network from a small, named configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monai.networks.nets import BasicUNet, SegResNet, UNet
+from torch import nn
+
+NETWORKS = ("UNet", "BasicUNet", "SegResNet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``channels`` are the feature widths per level (BasicUNet wants 6; SegResNet uses the first)."""
+
+    name: str = "UNet"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    num_res_units: int = 2
+    dropout: float = 0.0
+    norm: str = "instance"
+
+    def __post_init__(self) -> None:
+        if self.name not in NETWORKS:
+            raise ValueError(f"model.name must be one of {NETWORKS}, got '{self.name}'")
+        if self.name == "BasicUNet" and len(self.channels) != 6:
+            raise ValueError(f"model.channels for BasicUNet needs 6 widths, got {list(self.channels)}")
+        if len(self.channels) < 2:
+            raise ValueError(f"model.channels needs at least 2 widths, got {list(self.channels)}")
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Input sizes must be divisible by this for whole-image inference."""
+        levels = {"UNet": len(self.channels) - 1, "BasicUNet": 4, "SegResNet": 3}[self.name]
+        return 2**levels
+
+
+def build_network(config: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    if config.name == "UNet":
+        return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                    channels=config.channels, strides=(2,) * (len(config.channels) - 1),
+                    num_res_units=config.num_res_units, dropout=config.dropout, norm=config.norm)
+    if config.name == "BasicUNet":
+        return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                         features=config.channels, dropout=config.dropout, norm=config.norm)
+    return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=config.channels[0], dropout_prob=config.dropout or None,
+                     norm=config.norm)

@@ -1,0 +1,1 @@
+"""What a researcher reads: report.md with figures, built only from the run directory."""

@@ -1,0 +1,1 @@
+"""Runtimes move weights between a compute plan and site trainers: in one process, or deployed."""

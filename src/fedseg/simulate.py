@@ -1,0 +1,89 @@
+"""Run an experiment in the simulation runtime and write its run directory.
+
+Ties the layers together: sites' data, trainers, the compute plan, the runtime, the test-set
+evaluation and the report. Everything a user can get wrong is checked before training starts.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedseg.data.dataset import SiteDataset
+from fedseg.data.errors import DataError
+from fedseg.errors import UserError
+from fedseg.evaluation.results import evaluate_model
+from fedseg.experiment import Experiment, parse_experiment
+from fedseg.plans.base import ComputePlan
+from fedseg.plans.fedavg import FedAvg
+from fedseg.report.markdown import write_report
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.runtime.simulation import RoundObserver, SimulationRuntime
+from fedseg.training.trainer import SiteTrainer, build_site_network
+from fedseg.training.weights import get_weights
+from fedseg.types import Weights
+
+
+def build_plan(experiment: Experiment) -> ComputePlan:
+    federation, training = experiment.federation, experiment.training
+    return FedAvg(seed=experiment.seed, local_epochs=training.local_epochs, local_steps=training.local_steps,
+                  weighted_by=federation.weighted_by)
+
+
+def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
+    """Every site read, checked and preprocessed; all sites' problems are reported together."""
+    sites, errors = {}, []
+    divisible_by = experiment.model.downsampling_factor
+    for spec in experiment.sites:
+        try:
+            sites[spec.name] = SiteDataset(spec, experiment.task, experiment.preprocessing, experiment.splits,
+                                           experiment.seed, divisible_by)
+        except DataError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise UserError("the data has problems; nothing was trained:\n" + "\n".join(errors))
+    return sites
+
+
+def initial_weights(experiment: Experiment) -> Weights:
+    torch.manual_seed(experiment.seed)
+    return get_weights(build_site_network(experiment.model, experiment.task, experiment.training.loss))
+
+
+def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
+                   observer: RoundObserver | None = None) -> dict[str, Any]:
+    """Train, evaluate on every site's test cases, write results.json and the report."""
+    started = time.perf_counter()
+    run_dir = RunDirectory(out)
+    _prepare_run_dir(run_dir, experiment, resume)
+    datasets = load_sites(experiment)
+    trainers = {name: SiteTrainer(data, experiment.model, experiment.training) for name, data in datasets.items()}
+    runtime = SimulationRuntime(build_plan(experiment), trainers, run_dir, observer,
+                                experiment.federation.validate_global)
+    final = runtime.run(initial_weights(experiment), experiment.federation.rounds, resume=resume)
+    run_dir.save_model("FL_global", final)
+    results = evaluate_model("FL_global", final, trainers)
+    results.update(experiment=experiment.name, rounds=experiment.federation.rounds,
+                   wall_time_s=time.perf_counter() - started, resumed=resume,
+                   train_seconds=sum(r.get("seconds", 0.0) for r in run_dir.read_metrics()))
+    run_dir.write_json("results.json", results)
+    write_report(run_dir.root)
+    return results
+
+
+def _prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool) -> None:
+    saved = run_dir.root / "experiment.toml"
+    if saved.exists():
+        if not resume:
+            raise UserError(f"{run_dir.root} already holds a run; pass --resume to continue it, "
+                            "or choose another --out")
+        previous = parse_experiment(tomllib.loads(saved.read_text()), source=saved)
+        if previous.to_dict() != experiment.to_dict():
+            raise UserError(f"{saved} differs from the experiment given; --resume continues the same "
+                            "experiment only: use the same file, or another --out for a new run")
+    run_dir.create()
+    saved.write_text(experiment.to_toml())

@@ -1,0 +1,1 @@
+"""Local training at one site: loss, optimizer, inference and metrics (no transport here)."""
