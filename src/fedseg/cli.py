@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="federated training on built-in synthetic 3-site data")
     demo.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
-    demo.add_argument("--rounds", type=int, default=None, help="federated rounds (default 12)")
-    demo.add_argument("--cases", type=int, default=48, help="cases per site (default 48)")
+    demo.add_argument("--rounds", type=int, default=None, help="federated rounds (default 20)")
+    demo.add_argument("--cases", type=int, default=None, help="cases per site (default 60)")
     demo.set_defaults(handler=_demo)
 
     simulate = commands.add_parser("simulate", help="run an experiment file in the in-process simulation")

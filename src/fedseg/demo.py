@@ -10,12 +10,14 @@ from pathlib import Path
 from fedseg.data.synthetic import write_demo_sites
 from fedseg.experiment import Experiment, parse_experiment
 
-DEMO_ROUNDS = 12
+DEMO_ROUNDS = 20
+DEMO_CASES = 60
+DEMO_SIZE = 96
 
 
-def demo_experiment(data_dir: Path, rounds: int | None = None, n_cases: int = 48, seed: int = 0) -> Experiment:
+def demo_experiment(data_dir: Path, rounds: int | None = None, n_cases: int | None = None, seed: int = 0) -> Experiment:
     """Write the demo sites under ``data_dir`` and return the experiment that trains on them."""
-    sites = write_demo_sites(Path(data_dir), n_cases=n_cases, size=64, seed=seed)
+    sites = write_demo_sites(Path(data_dir), n_cases=n_cases or DEMO_CASES, size=DEMO_SIZE, seed=seed)
     return parse_experiment({
         "name": "demo",
         "seed": seed,
