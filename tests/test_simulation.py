@@ -1,0 +1,147 @@
+"""The simulation runtime end to end on tiny synthetic sites: run directory, determinism, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+
+from fedseg.errors import UserError
+from fedseg.experiment import parse_experiment
+from fedseg.simulate import initial_weights, run_simulation
+from fedseg.training.trainer import SiteTrainer, build_site_network
+from tiny_experiment import tiny_experiment
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "FL_global.pt", weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_directory_has_everything_a_researcher_keeps(tmp_path):
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=2))
+    out = tmp_path / "run"
+    results = run_simulation(experiment, out)
+
+    assert (out / "experiment.toml").read_text() == experiment.to_toml()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "FL_global.pt", "global_round_000.pt", "global_round_001.pt"]
+    network = build_site_network(experiment.model, experiment.task, experiment.training.loss)
+    network.load_state_dict(final_weights(out))  # a plain state dict, usable outside fedseg
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["site"]) for r in lines] == [
+        (r, s) for r in range(2) for s in ("hospital_a", "hospital_b", "hospital_c")]
+    for record in lines:
+        assert {"train_loss", "val_dice", "global_val_dice", "n_samples", "seconds"} <= record.keys()
+        assert record["n_samples"] == 6 and record["steps"] == 3
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["model"] == "FL_global" and saved["wall_time_s"] > 0
+    assert set(saved["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
+    site = saved["sites"]["hospital_a"]
+    assert site["n_cases"] == len(site["cases"]) == 2
+    assert set(site["cases"][0]["dice"]) == {"lesion"}
+    assert saved["overall"]["n_cases"] == 6
+    assert saved["overall"]["mean_dice"] == pytest.approx(
+        np.mean([c["mean_dice"] for s in saved["sites"].values() for c in s["cases"]]))
+    assert results["overall"] == saved["overall"]
+
+    report = (out / "report.md").read_text()
+    assert "| **overall** | 6 |" in report and "figures/learning_curve.png" in report
+    assert (out / "figures" / "learning_curve.png").stat().st_size > 1000
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not(tmp_path):
+    config = tiny_experiment(tmp_path, rounds=2)
+    run_simulation(parse_experiment(config), tmp_path / "one")
+    run_simulation(parse_experiment(config), tmp_path / "two")
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
+    run_simulation(parse_experiment({**config, "seed": 8}), tmp_path / "three")
+    other = final_weights(tmp_path / "three")
+    assert any(not torch.equal(v, other[k]) for k, v in final_weights(tmp_path / "one").items())
+
+
+def test_resume_after_a_crash_mid_round_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=4))
+    run_simulation(experiment, tmp_path / "straight")
+
+    original = SiteTrainer.train
+
+    def crash_in_round_two(self, weights, config):
+        if config.round == 2 and self.name == "hospital_b":
+            raise RuntimeError("power cut")
+        return original(self, weights, config)
+
+    monkeypatch.setattr(SiteTrainer, "train", crash_in_round_two)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_simulation(experiment, tmp_path / "crashed")
+    assert not (tmp_path / "crashed" / "results.json").exists()
+    monkeypatch.setattr(SiteTrainer, "train", original)
+
+    run_simulation(experiment, tmp_path / "crashed", resume=True)
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed"))
+    rounds = [json.loads(line)["round"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [r for r in range(4) for _ in range(3)]  # no line of the lost round twice
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    config = tiny_experiment(tmp_path, rounds=8, training={"local_steps": 6})
+    path = tmp_path / "experiment.toml"
+    path.write_text(tomli_w.dumps(config))
+    command = [sys.executable, "-m", "fedseg.cli", "simulate", str(path), "--out"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    subprocess.run(command + [str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command + [str(killed)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "global_round_002.pt").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists(), "killed too late: the run had finished"
+
+    resumed = subprocess.run(command + [str(killed), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(killed))
+
+
+def test_a_used_run_directory_needs_resume_and_the_same_experiment(tmp_path):
+    config = tiny_experiment(tmp_path, rounds=1)
+    run_simulation(parse_experiment(config), tmp_path / "run")
+    with pytest.raises(UserError, match="--resume"):
+        run_simulation(parse_experiment(config), tmp_path / "run")
+    changed = parse_experiment({**config, "training": {**config["training"], "lr": 0.5}})
+    with pytest.raises(UserError, match="differs from the experiment given"):
+        run_simulation(changed, tmp_path / "run", resume=True)
+
+
+def test_federated_training_learns(tmp_path):
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=6, n_cases=16,
+                                                  training={"local_steps": 8}))
+    results = run_simulation(experiment, tmp_path / "run")
+    trainers = {}
+    from fedseg.simulate import load_sites  # the same sites, to score the untrained model
+
+    for name, data in load_sites(experiment).items():
+        trainers[name] = SiteTrainer(data, experiment.model, experiment.training)
+    untrained = np.mean([c.mean_dice for t in trainers.values()
+                         for c in t.evaluate(initial_weights(experiment))])
+    assert results["overall"]["mean_dice"] > max(0.5, untrained + 0.3)
