@@ -1,0 +1,57 @@
+"""The architecture stays visible: no module imports from a layer above its own."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedseg"
+LAYERS = [
+    {"types", "seeding", "errors"},
+    {"data", "models"},
+    {"training"},
+    {"plans"},
+    {"runtime"},
+    {"evaluation", "report"},
+    {"experiment", "simulate", "demo", "console", "cli"},
+]
+LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def top_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py")
+
+
+def fedseg_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedseg."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("fedseg."))
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_module_belongs_to_a_layer():
+    assert {top_name(p) for p in MODULES} <= LAYER_OF.keys()
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_upward_imports(path):
+    own = LAYER_OF[top_name(path)]
+    upward = {name for name in fedseg_imports(path) if LAYER_OF[name] > own}
+    assert not upward, f"{path.name} (layer {own}) imports from higher layers: {upward}"
+
+
+def test_compute_plans_are_pure_numpy():
+    for path in (PACKAGE / "plans").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        heavy = {m for m in modules if m.split(".")[0] in ("torch", "monai", "socket", "nvflare")}
+        assert not heavy, f"{path.name} imports {heavy}"
+        assert fedseg_imports(path) <= {"types", "seeding", "plans"}, path.name
