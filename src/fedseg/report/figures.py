@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(records: list[dict], path: Path) -> Path:
@@ -28,6 +29,7 @@ def learning_curves(records: list[dict], path: Path) -> Path:
             axis.plot(rounds, values, marker="o", markersize=3, label=site)
         axis.set_title(title)
         axis.set_xlabel("round")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         if "dice" in key:
             axis.set_ylim(0, 1)
