@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from fedseg.errors import UserError
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("interrupted; rerun with --resume to continue from the last completed round")
@@ -101,19 +102,28 @@ def _data_check(args) -> int:
         console.print(inspection_table(inspection))
         totals = ", ".join(f"{v}: {c}" for v, c in inspection.label_totals.items())
         console.print(f"label values over all readable cases (value: voxels): {totals}")
-    for problem in inspection.problems:
-        console.print(f"[red]error[/] {problem}", highlight=False, soft_wrap=True)
+    for problem in inspection.problems:  # escaped: paths and messages may hold "[...]"
+        console.print(f"[red]error[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
     bad = len(inspection.problems)
     console.print(f"{len(inspection.cases)} case(s) ok, {bad} problem(s)")
     return 1 if bad else 0
 
 
 def _parse_labels(text: str) -> dict[str, int]:
+    from fedseg.data.task import Task
+
     try:
         pairs = [item.split("=") for item in text.split(",")]
-        return {name.strip(): int(value) for name, value in pairs}
+        labels = {name.strip(): int(value) for name, value in pairs}
     except ValueError:
         raise UserError(f"--labels must look like background=0,liver=1, got '{text}'") from None
+    if len(labels) != len(pairs):
+        raise UserError(f"--labels names a class twice: '{text}'")
+    try:
+        Task(labels)  # background 0, distinct values: the checks every task gets
+    except ValueError as exc:
+        raise UserError(f"--labels: {exc}") from None
+    return labels
 
 
 def _report(args) -> int:

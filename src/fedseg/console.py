@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -56,12 +57,13 @@ def results_table(results: dict) -> Table:
 
 
 def inspection_table(inspection: SiteInspection) -> Table:
-    table = Table(title=f"{inspection.path}: {len(inspection.cases)} readable case(s)")
+    # names and paths are escaped: rich would take "[...]" in them for markup
+    table = Table(title=f"{escape(str(inspection.path))}: {len(inspection.cases)} readable case(s)")
     for column in ("case", "shape", "spacing", "ch", "intensity min..max", "label values (voxels)"):
         table.add_column(column)
     for case in inspection.cases:
         labels = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
-        table.add_row(case.name, "x".join(map(str, case.shape)), "x".join(f"{s:g}" for s in case.spacing),
+        table.add_row(escape(case.name), "x".join(map(str, case.shape)), "x".join(f"{s:g}" for s in case.spacing),
                       str(case.channels), f"{case.intensity[0]:g}..{case.intensity[1]:g}",
                       labels + (" (binarised at 128)" if case.binarised else ""))
     return table

@@ -44,10 +44,10 @@ class SiteDataset:
         if spec.shard is not None:
             cases = shard_cases(cases, *spec.shard, seed=seed)
         by_split = assign_splits(cases, fractions, seed, spec.name)
-        self._check_splits(spec, by_split, fractions)
+        # split problems are reported together with the problems of the files, not on their own
+        problems: list[Problem] = self._check_splits(spec, by_split, fractions)
 
         loaded: dict[str, list[LoadedCase]] = {s: [] for s in SPLITS}
-        problems: list[Problem] = []
         for split, split_cases in by_split.items():
             for case in split_cases:
                 result, case_problems = load_case(case, task)
@@ -77,7 +77,7 @@ class SiteDataset:
                           collate_fn=list_data_collate, num_workers=0, drop_last=False)
 
     @staticmethod
-    def _check_splits(spec: SiteSpec, by_split: dict, fractions: SplitFractions) -> None:
+    def _check_splits(spec: SiteSpec, by_split: dict, fractions: SplitFractions) -> list[Problem]:
         problems = []
         wanted = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
         for split, items in by_split.items():
@@ -85,8 +85,7 @@ class SiteDataset:
                 problems.append(Problem(spec.path, f"the '{split}' split has no cases "
                                                    f"({sum(map(len, by_split.values()))} cases in all): add "
                                                    f"cases, or change the split fractions / manifest"))
-        if problems:
-            raise DataError(spec.name, problems)
+        return problems
 
     def _check_uniform_size(self) -> None:
         if self.preprocessing.patch_size is not None or self.preprocessing.spatial_size is not None:

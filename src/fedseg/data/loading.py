@@ -39,34 +39,41 @@ def load_case(case: Case, task: Task, check_declared: bool = True) -> tuple[Load
     With ``check_declared=False`` (inspecting a site whose labels are not known yet) label values
     are only checked to be integers and are returned as stored, not mapped to class indices.
     """
+    # Every check runs whatever else is wrong with the case, so that all of its problems are
+    # reported at once (e.g. a label on the wrong grid that also holds undeclared values).
     problems: list[Problem] = []
     image = _read(case.image, task, problems)
     label = _read(case.label, task, problems)
-    if image is None or label is None:
+
+    image_array = None
+    if image is not None:
+        image_array = _image_channels(image.array, case.image, task, problems)
+        if image_array is not None and not np.isfinite(image_array).all():
+            problems.append(Problem(case.image, "image contains NaN or infinite values; fix or remove the case"))
+            image_array = None
+
+    label_array = None if label is None else _single_channel_label(label.array, case.label, problems)
+    if image is not None and label is not None:
+        if image.spatial_shape != label.spatial_shape:
+            problems.append(Problem(case.label, f"label shape {label.spatial_shape} does not match image shape "
+                                                f"{image.spatial_shape} ({case.image.name}); resample the label "
+                                                "onto the image grid"))
+        elif not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE):
+            problems.append(Problem(case.label, "label affine (spacing/origin/orientation) does not match the "
+                                                f"image's: spacing {_fmt(label.spacing)} vs {_fmt(image.spacing)}, "
+                                                f"origin {_fmt(label.affine[:-1, -1])} vs "
+                                                f"{_fmt(image.affine[:-1, -1])}; resample the label onto the "
+                                                "image grid or fix its header"))
+    if label_array is None:
         return None, problems
 
-    image_array = _image_channels(image.array, case.image, task, problems)
-    if image_array is not None and not np.isfinite(image_array).all():
-        problems.append(Problem(case.image, "image contains NaN or infinite values; fix or remove the case"))
-
-    label_array = _single_channel_label(label.array, case.label, problems)
-    if image.spatial_shape != label.spatial_shape:
-        problems.append(Problem(case.label, f"label shape {label.spatial_shape} does not match image shape "
-                                            f"{image.spatial_shape} ({case.image.name}); resample the label "
-                                            "onto the image grid"))
-    elif not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE):
-        problems.append(Problem(case.label, "label affine (spacing/origin/orientation) does not match the "
-                                            f"image's: spacing {_fmt(label.spacing)} vs {_fmt(image.spacing)}, "
-                                            f"origin {_fmt(label.affine[:-1, -1])} vs {_fmt(image.affine[:-1, -1])}; "
-                                            "resample the label onto the image grid or fix its header"))
-    if label_array is None or image_array is None:
-        return None, problems
-
+    label_problems: list[Problem] = []
     if check_declared:
-        indices, counts, binarised = _label_classes(label_array, case.label, task, problems)
+        indices, counts, binarised = _label_classes(label_array, case.label, task, label_problems)
     else:
-        indices, counts, binarised = _integer_values(label_array, case.label, problems)
-    if problems:
+        indices, counts, binarised = _integer_values(label_array, case.label, label_problems)
+    problems.extend(label_problems)
+    if problems or image_array is None:
         return None, problems
     volume = Volume(image_array.astype(np.float32, copy=False), image.affine)
     return LoadedCase(case, volume, indices, counts, binarised), []
@@ -84,7 +91,9 @@ def _image_channels(array: np.ndarray, path: Path, task: Task, problems: list[Pr
     channels = array.shape[0]
     if channels == task.in_channels:
         return array
-    if channels in (3, 4) and task.in_channels == 1:  # RGB(A) picture of a grey modality
+    if channels in (3, 4) and task.in_channels == 1 and path.name.lower().endswith(IMAGE_2D_SUFFIXES):
+        # RGB(A) picture of a grey modality. Only for picture formats: the channels of a NIfTI
+        # file are separate modalities (e.g. T1, T1c, T2, FLAIR) and must not be averaged.
         return array[:3].astype(np.float32).mean(axis=0, keepdims=True)
     problems.append(Problem(path, f"image has {channels} channel(s) but task.in_channels is {task.in_channels}; "
                                   "set task.in_channels to match"))
@@ -119,8 +128,9 @@ def _integer_values(label: np.ndarray, path: Path,
 
 def _label_classes(label: np.ndarray, path: Path, task: Task,
                    problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
+    before = len(problems)
     label, found, _ = _integer_values(label, path, problems)
-    if problems:
+    if len(problems) > before:
         return label, found, False
     declared = set(task.class_values)
     binarised = False

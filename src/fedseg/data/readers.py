@@ -83,6 +83,10 @@ def _read_nifti(path: Path) -> Volume:
 
 def _read_2d(path: Path) -> Volume:
     with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:  # e.g. a multi-page TIFF stack: reading page 1 alone would lose data silently
+            raise ReadError(f"has {frames} frames/pages; a 2D image file must hold one image: save each "
+                            "slice as its own file, or the stack as a 3D NIfTI")
         image.load()
         if image.mode in ("RGBA", "LA"):
             image = image.convert(image.mode[:-1])
@@ -100,6 +104,11 @@ def _read_2d(path: Path) -> Volume:
 def _as_dims(volume: Volume, spatial_dims: int) -> Volume:
     spatial = volume.array.shape[1:]
     if len(spatial) == spatial_dims:
+        if volume.affine.shape != (spatial_dims + 1, spatial_dims + 1):  # a 2D NIfTI: 4x4 affine
+            affine = np.eye(spatial_dims + 1)
+            affine[:spatial_dims, :spatial_dims] = volume.affine[:spatial_dims, :spatial_dims]
+            affine[:spatial_dims, -1] = volume.affine[:spatial_dims, -1]
+            return Volume(volume.array, affine)
         return volume
     if spatial_dims == 2 and len(spatial) == 3 and spatial[2] == 1:
         affine = np.eye(3)

@@ -13,6 +13,7 @@ from fedseg.data.errors import DataError, Problem
 from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name, is_supported
 
 SPLITS = ("train", "val", "test")
+_EXTRA = "\0extra"  # DictReader key for values beyond the header's columns
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _from_folders(root: Path) -> tuple[list[Case], list[Problem]]:
             problems.append(Problem(folder, f"missing folder: a site folder needs images/ and labels/"))
             continue
         folders[kind] = _files_by_case(folder, problems)
-    if problems:
+    if len(folders) < 2:  # without both folders, every file would be reported as unpaired
         return [], problems
     images, labels = folders["images"], folders["labels"]
     for name in sorted(images.keys() - labels.keys()):
@@ -81,17 +82,32 @@ def _files_by_case(folder: Path, problems: list[Problem]) -> dict[str, Path]:
 
 
 def _from_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
+    try:
+        return _read_manifest(manifest)
+    except UnicodeDecodeError as exc:
+        return [], [Problem(manifest, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+                                      "manifest as a UTF-8 CSV")]
+
+
+def _read_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
     problems: list[Problem] = []
     cases: list[Case] = []
     seen: dict[str, int] = {}
-    with manifest.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    # utf-8-sig: spreadsheet programs write a byte-order mark before the header
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, restkey=_EXTRA)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         if "image" not in columns or "label" not in columns:
             return [], [Problem(manifest, f"header must have columns image,label[,split]; found {columns}")]
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        for row in reader:
+            line = reader.line_num  # the file's line, counting blank lines that DictReader skips
             where = f"{manifest}:{line}"
+            extra = [v.strip() for v in row.pop(_EXTRA, None) or [] if v and v.strip()]
+            if extra:  # empty trailing cells (``a.nii,b.nii,``) are harmless
+                problems.append(Problem(Path(where), f"row has more values than the header's {len(columns)} "
+                                                     f"columns ({', '.join(columns)}); extra: {', '.join(extra)}"))
+                continue
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             if not row.get("image") or not row.get("label"):
                 problems.append(Problem(Path(where), "row needs both an image and a label path"))
                 continue

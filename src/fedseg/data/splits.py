@@ -28,7 +28,7 @@ class SplitFractions:
 def assign_splits(cases: list[Case], fractions: SplitFractions, seed: int, site: str) -> dict[str, list[Case]]:
     """Cases by split. Manifest splits are kept; the rest are shuffled with a per-site seed."""
     fixed = {s: [c for c in cases if c.split == s] for s in SPLITS}
-    free = [c for c in cases if c.split is None]
+    free = sorted((c for c in cases if c.split is None), key=lambda c: c.name)  # order-independent
     order = np.random.default_rng(stable_seed(seed, "split", site)).permutation(len(free))
     shuffled = [free[i] for i in order]
     n = len(shuffled)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class Task:
         values = list(self.labels.values())
         if 0 not in values:
             raise ValueError(f"task.labels must map a background class to 0, got {self.labels}")
+        if any(not isinstance(v, Integral) or isinstance(v, bool) or v < 0 for v in values):
+            raise ValueError(f"task.labels values must be integers >= 0 as stored in the label files, "
+                             f"got {self.labels}")
         if len(set(values)) != len(values) or len(values) < 2:
             raise ValueError(f"task.labels needs at least two classes with distinct values, got {self.labels}")
 
