@@ -112,3 +112,17 @@ def test_training_is_reproducible_from_the_round_seed(tmp_path):
     assert first.metrics["steps"] == 2  # 2 cases, batch 2, 2 epochs
     assert all(np.array_equal(first.weights[k], again.weights[k]) for k in start)
     assert any(not np.array_equal(first.weights[k], other.weights[k]) for k in start)
+
+
+def test_local_validation_is_reported_unless_switched_off(tmp_path):
+    write_spheres(tmp_path / "site", n_cases=6)
+    task = Task({"background": 0, "core": 1, "shell": 2}, spatial_dims=3)
+    data = SiteDataset(SiteSpec("s", tmp_path / "site"), task, Preprocessing(spatial_size=(16, 16, 16)),
+                       SplitFractions(0.5, 0.2, 0.3), seed=0)
+    assert len(data.cases["val"]) == 1
+    model = ModelConfig("UNet", (4, 8), num_res_units=0)
+    for validate, expected in ((True, {"val_dice"}), (False, set())):
+        trainer = SiteTrainer(data, model, TrainingConfig(local_steps=1, validate_local=validate))
+        update = trainer.train(get_weights(trainer.network), RoundConfig(round=0, seed=1))
+        assert {"val_dice"} & update.metrics.keys() == expected
+        assert 0.0 <= update.metrics.get("val_dice", 0.0) <= 1.0

@@ -41,6 +41,8 @@ class TrainingConfig:
     local_steps: int | None = None
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
+    validate_local: bool = True
+    """Score the locally trained model on the site's validation cases (``val_dice`` in the update)."""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -83,7 +85,7 @@ class SiteTrainer:
                                      weight_decay=self.config.weight_decay)
         losses = [self._step(batch, optimizer) for batch in self._batches(config)]
         metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
-        if self.data.cases["val"]:
+        if self.config.validate_local and self.data.cases["val"]:
             metrics["val_dice"] = mean_dice(self._evaluate_loaded("val"))
         metrics["seconds"] = time.perf_counter() - started
         return Update(get_weights(self.network), self.data.n_train, metrics)
