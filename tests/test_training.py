@@ -126,3 +126,24 @@ def test_local_validation_is_reported_unless_switched_off(tmp_path):
         update = trainer.train(get_weights(trainer.network), RoundConfig(round=0, seed=1))
         assert {"val_dice"} & update.metrics.keys() == expected
         assert 0.0 <= update.metrics.get("val_dice", 0.0) <= 1.0
+
+
+def test_hd95_and_bounding_box_coverage_on_known_shapes():
+    from fedseg.training.metrics import bbox_coverage_per_class, case_metrics, hd95_per_class
+
+    truth = torch.zeros(1, 20, 20, dtype=torch.long)
+    truth[0, 5:10, 5:10] = 1
+    shifted = torch.zeros_like(truth)
+    shifted[0, 5:10, 8:13] = 1  # the same square, 3 voxels to the side
+    assert hd95_per_class(shifted, truth, 2, spacing=(1.0, 2.0)) == [pytest.approx(6.0)]  # 3 voxels x 2 mm
+    assert hd95_per_class(truth, truth, 2, spacing=(1.0, 1.0)) == [0.0]
+    assert hd95_per_class(torch.zeros_like(truth), truth, 2, spacing=(1.0, 1.0)) == [float("inf")]
+    assert bbox_coverage_per_class(shifted, truth, 2) == [pytest.approx(10 / 25)]  # columns 8-9 of 5-9
+    corner = torch.zeros_like(truth)
+    corner[0, 4, 4] = corner[0, 12, 12] = 1  # two dots whose box encloses the whole truth
+    assert bbox_coverage_per_class(corner, truth, 2) == [1.0]
+
+    metrics = case_metrics("c", torch.zeros_like(truth), truth, ["background", "organ"], (1.0, 1.0))
+    assert metrics.failed == ["organ"] and metrics.dice == {"organ": 0.0}
+    assert metrics.bbox_coverage == {"organ": 0.0}
+    assert case_metrics("c", shifted, truth, ["background", "organ"], (1.0, 1.0)).failed == []

@@ -37,11 +37,16 @@ class Update:
 
 @dataclass
 class CaseMetrics:
-    """Segmentation quality of one test case."""
+    """Segmentation quality of one test case, per foreground class name."""
 
     case: str
     dice: dict[str, float]
-    """Dice per foreground class name."""
+    hd95: dict[str, float] = field(default_factory=dict)
+    """95th-percentile Hausdorff distance in mm (inf when one side is empty, nan when both are)."""
+    bbox_coverage: dict[str, float] = field(default_factory=dict)
+    """Fraction of the true structure inside the bounding box of the prediction (Parekh et al.)."""
+    failed: list[str] = field(default_factory=list)
+    """Classes present in the truth that the prediction misses entirely."""
 
     @property
     def mean_dice(self) -> float:
@@ -49,7 +54,8 @@ class CaseMetrics:
         return float(np.mean(values)) if values else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"case": self.case, "dice": self.dice, "mean_dice": self.mean_dice}
+        return {"case": self.case, "dice": self.dice, "mean_dice": self.mean_dice, "hd95": self.hd95,
+                "bbox_coverage": self.bbox_coverage, "failed": self.failed}
 
 
 def mean_dice(cases: list[CaseMetrics]) -> float:

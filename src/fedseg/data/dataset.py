@@ -59,7 +59,7 @@ class SiteDataset:
 
         prepare = deterministic_transforms(preprocessing, task.spatial_dims, divisible_by)
         self.cases: dict[str, list[dict]] = {
-            split: [prepare(_as_dict(c)) for c in items] for split, items in loaded.items()
+            split: [_cacheable(prepare(_as_dict(c))) for c in items] for split, items in loaded.items()
         }
         self._augment = random_transforms(preprocessing, task.spatial_dims)
         self._check_uniform_size()
@@ -105,3 +105,11 @@ def _as_dict(case: LoadedCase) -> dict:
         "label": MetaTensor(torch.from_numpy(case.label[None]), affine=affine),
         "case": case.case.name,
     }
+
+
+def _cacheable(case: dict) -> dict:
+    """Plain tensors (metadata costs time in every batch) plus the voxel spacing, for distances."""
+    image = case["image"]
+    spacing = tuple(float(s) for s in image.pixdim) if isinstance(image, MetaTensor) else None
+    plain = {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in case.items()}
+    return {**plain, "spacing": spacing}

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from monai.transforms import (
     Compose,
     DivisiblePadd,
-    EnsureTyped,
     FgBgToIndicesd,
     NormalizeIntensityd,
     Orientationd,
@@ -78,7 +77,10 @@ class Preprocessing:
 
 
 def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: int) -> Compose:
-    """Steps applied once per case; the result is what gets cached and evaluated on."""
+    """Steps applied once per case; the result is what gets cached and evaluated on.
+
+    The output keeps MONAI's metadata (the affine after resampling); the cache strips it.
+    """
     steps: list = []
     if spatial_dims == 3 and p.orientation:
         steps.append(Orientationd(keys=KEYS, axcodes=p.orientation, labels=None))
@@ -103,7 +105,6 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
         steps.append(FgBgToIndicesd(keys="label"))
     else:  # whole images go through the network: every size must survive the down-sampling
         steps.append(DivisiblePadd(keys=KEYS, k=divisible_by))
-    steps.append(EnsureTyped(keys=KEYS, track_meta=False))
     return Compose(steps)
 
 

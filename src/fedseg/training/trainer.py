@@ -21,7 +21,7 @@ from fedseg.data.task import Task
 from fedseg.models.registry import ModelConfig, build_network
 from fedseg.training.inference import predict_labels
 from fedseg.training.losses import LOSSES, build_loss, output_channels
-from fedseg.training.metrics import dice_per_class
+from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
@@ -86,13 +86,14 @@ class SiteTrainer:
         losses = [self._step(batch, optimizer) for batch in self._batches(config)]
         metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
         if self.config.validate_local and self.data.cases["val"]:
-            metrics["val_dice"] = mean_dice(self._evaluate_loaded("val"))
+            metrics["val_dice"] = mean_dice(self._evaluate_loaded("val", with_distances=False))
         metrics["seconds"] = time.perf_counter() - started
         return Update(get_weights(self.network), self.data.n_train, metrics)
 
     def evaluate(self, weights: Weights, split: str = "test") -> list[CaseMetrics]:
+        """Per-case metrics on ``split``; distances (HD95) only for the test split, as they are slow."""
         set_weights(self.network, weights)
-        return self._evaluate_loaded(split)
+        return self._evaluate_loaded(split, with_distances=split == "test")
 
     def _batches(self, config: RoundConfig):
         loader = self.data.train_loader(self.config.batch_size, config.seed)
@@ -112,14 +113,15 @@ class SiteTrainer:
         optimizer.step()
         return float(loss.detach())
 
-    def _evaluate_loaded(self, split: str) -> list[CaseMetrics]:
-        names = self.data.task.foreground_names
+    def _evaluate_loaded(self, split: str, with_distances: bool) -> list[CaseMetrics]:
+        class_names = self.data.task.class_names
         results = []
         for case in self.data.cases[split]:
             prediction = predict_labels(self.network, case["image"].to(self.device), self.config.loss,
                                         self.roi_size, self.config.sw_batch_size, self.config.sw_overlap)
-            scores = dice_per_class(prediction.cpu(), case["label"], self.data.task.n_classes)
-            results.append(CaseMetrics(case["case"], dict(zip(names, scores))))
+            spacing = case["spacing"] or (1.0,) * self.data.task.spatial_dims
+            results.append(case_metrics(case["case"], prediction.cpu(), case["label"], class_names, spacing,
+                                        with_distances))
         return results
 
 
