@@ -147,3 +147,52 @@ def test_hd95_and_bounding_box_coverage_on_known_shapes():
     assert metrics.failed == ["organ"] and metrics.dice == {"organ": 0.0}
     assert metrics.bbox_coverage == {"organ": 0.0}
     assert case_metrics("c", shifted, truth, ["background", "organ"], (1.0, 1.0)).failed == []
+
+
+def sphere_trainer(tmp_path, **config):
+    if not (tmp_path / "site").exists():
+        write_spheres(tmp_path / "site", n_cases=4)
+    task = Task({"background": 0, "core": 1, "shell": 2}, spatial_dims=3)
+    data = SiteDataset(SiteSpec("s", tmp_path / "site"), task, Preprocessing(spatial_size=(16, 16, 16)),
+                       SplitFractions(0.5, 0.0, 0.5), seed=0)
+    model = ModelConfig("UNet", (4, 8), num_res_units=0)
+    state_dir = config.pop("state_dir", None)
+    return SiteTrainer(data, model, TrainingConfig(lr=1e-2, batch_size=1, **config), state_dir=state_dir)
+
+
+def distance(a, b):
+    return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a if a[k].dtype.kind == "f") ** 0.5
+
+
+def test_fedprox_term_keeps_the_local_model_near_the_global_one(tmp_path):
+    trainer = sphere_trainer(tmp_path, local_steps=6)
+    start = get_weights(trainer.network)
+    plain = trainer.train(start, RoundConfig(round=0, seed=1))
+    proximal = trainer.train(start, RoundConfig(round=0, seed=1, extra={"proximal_mu": 50.0}))
+    assert distance(proximal.weights, start) < 0.8 * distance(plain.weights, start)
+    assert proximal.metrics["train_loss"] > 0
+
+
+def test_kept_optimizer_state_survives_a_restart(tmp_path):
+    state = tmp_path / "state"
+    trainer = sphere_trainer(tmp_path, local_steps=2, optimizer_state="keep", state_dir=state)
+    weights = get_weights(trainer.network)
+    for round in range(3):
+        weights = trainer.train(weights, RoundConfig(round=round, seed=round)).weights
+    straight = trainer.train(weights, RoundConfig(round=3, seed=3)).weights
+    assert sorted(p.name for p in state.iterdir()) == ["optimizer_round_0002.pt", "optimizer_round_0003.pt"]
+
+    restarted = sphere_trainer(tmp_path, local_steps=2, optimizer_state="keep", state_dir=state)
+    again = restarted.train(weights, RoundConfig(round=3, seed=3)).weights  # loads round 2's state
+    assert all(np.array_equal(straight[k], again[k]) for k in straight)
+    fresh = sphere_trainer(tmp_path, local_steps=2, optimizer_state="reset")
+    reset = fresh.train(weights, RoundConfig(round=3, seed=3)).weights
+    assert any(not np.array_equal(straight[k], reset[k]) for k in straight)
+
+
+def test_fine_tune_trains_the_given_epochs_with_a_fresh_optimizer(tmp_path):
+    trainer = sphere_trainer(tmp_path, local_steps=1, optimizer_state="keep")
+    start = get_weights(trainer.network)
+    update = trainer.fine_tune(start, epochs=3, seed=0)
+    assert update.metrics["steps"] == 6  # 2 training cases, batch 1, 3 epochs (local_steps ignored)
+    assert any(not np.array_equal(start[k], update.weights[k]) for k in start)

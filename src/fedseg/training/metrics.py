@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, compute_hausdorff_distance
@@ -31,8 +33,10 @@ def hd95_per_class(prediction: torch.Tensor, truth: torch.Tensor, n_classes: int
     """
     pred = one_hot(prediction[None].long(), n_classes)
     true = one_hot(truth[None].long(), n_classes)
-    distances = compute_hausdorff_distance(pred, true, include_background=False, percentile=95,
-                                           spacing=list(spacing))[0]
+    with warnings.catch_warnings():  # MONAI warns about empty masks; they are handled below
+        warnings.simplefilter("ignore", UserWarning)
+        distances = compute_hausdorff_distance(pred, true, include_background=False, percentile=95,
+                                               spacing=list(spacing))[0]
     values = []
     for c in range(1, n_classes):
         has_pred, has_true = bool(pred[0, c].any()), bool(true[0, c].any())

@@ -11,6 +11,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from monai.data.meta_tensor import MetaTensor
 
 from fedseg.data.dataset import SiteDataset
 from fedseg.data.task import Task
+from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
 from fedseg.training.inference import predict_labels
 from fedseg.training.losses import LOSSES, build_loss, output_channels
@@ -26,6 +28,7 @@ from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
 OPTIMIZERS = ("adam",)
+OPTIMIZER_STATES = ("reset", "keep")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class TrainingConfig:
     sw_overlap: float = 0.25
     validate_local: bool = True
     """Score the locally trained model on the site's validation cases (``val_dice`` in the update)."""
+    optimizer_state: str = "reset"
+    """``reset``: a fresh Adam every round; ``keep``: each site keeps its Adam moments across rounds."""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -52,6 +57,9 @@ class TrainingConfig:
             raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.lr <= 0 or self.batch_size < 1 or self.local_epochs < 1:
             raise ValueError("training.lr must be > 0, training.batch_size and training.local_epochs >= 1")
+        if self.optimizer_state not in OPTIMIZER_STATES:
+            raise ValueError(f"training.optimizer_state must be one of {OPTIMIZER_STATES}, "
+                             f"got '{self.optimizer_state}'")
         if self.local_steps is not None and self.local_steps < 1:
             raise ValueError(f"training.local_steps must be >= 1 when given, got {self.local_steps}")
 
@@ -62,33 +70,80 @@ def build_site_network(model: ModelConfig, task: Task, loss: str) -> torch.nn.Mo
 
 
 class SiteTrainer:
-    """Trains and evaluates one network on one site's cached data."""
+    """Trains and evaluates one network on one site's cached data.
 
-    def __init__(self, data: SiteDataset, model: ModelConfig, config: TrainingConfig):
+    ``state_dir`` is where a site keeps what must survive a restart but never leaves the site:
+    with ``optimizer_state = "keep"``, the optimizer state after each round it trained in.
+    """
+
+    def __init__(self, data: SiteDataset, model: ModelConfig, config: TrainingConfig,
+                 state_dir: Path | None = None):
         self.data = data
         self.config = config
         self.device = torch.device(config.device)
         self.network = build_site_network(model, data.task, config.loss).to(self.device)
         self.loss = build_loss(config.loss, data.task.n_classes)
         self.roi_size = data.preprocessing.patch_size
+        self.state_dir = state_dir
+        self._optimizer: torch.optim.Optimizer | None = None
 
     @property
     def name(self) -> str:
         return self.data.name
 
     def train(self, weights: Weights, config: RoundConfig) -> Update:
+        """Local training from ``weights``; ``config.extra["proximal_mu"]`` adds FedProx's term."""
+        set_weights(self.network, weights)
+        if self.config.optimizer_state == "keep":
+            optimizer = self._kept_optimizer(config.round)
+        else:
+            optimizer = self._new_optimizer()
+        update = self._train(config, optimizer)
+        if self.config.optimizer_state == "keep":
+            self._save_optimizer(config.round, optimizer)
+        return update
+
+    def fine_tune(self, weights: Weights, epochs: int, seed: int) -> Update:
+        """FL_local: ``epochs`` epochs on this site's training data from ``weights``, fresh optimizer."""
+        set_weights(self.network, weights)
+        return self._train(RoundConfig(round=0, seed=seed, local_epochs=epochs), self._new_optimizer())
+
+    def _train(self, config: RoundConfig, optimizer: torch.optim.Optimizer) -> Update:
         started = time.perf_counter()
         torch.manual_seed(config.seed)
-        set_weights(self.network, weights)
         self.network.train()
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.lr,
-                                     weight_decay=self.config.weight_decay)
-        losses = [self._step(batch, optimizer) for batch in self._batches(config)]
+        mu = float(config.extra.get("proximal_mu", 0.0))
+        anchor = [p.detach().clone() for p in self.network.parameters()] if mu > 0 else None
+        losses = [self._step(batch, optimizer, mu, anchor) for batch in self._batches(config)]
         metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
         if self.config.validate_local and self.data.cases["val"]:
             metrics["val_dice"] = mean_dice(self._evaluate_loaded("val", with_distances=False))
         metrics["seconds"] = time.perf_counter() - started
         return Update(get_weights(self.network), self.data.n_train, metrics)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def _kept_optimizer(self, round: int) -> torch.optim.Optimizer:
+        """This site's optimizer, restored after a restart from the last round before ``round``."""
+        if self._optimizer is None:
+            self._optimizer = self._new_optimizer()
+            saved = [p for p in self._optimizer_files() if _round_of(p) < round]
+            if saved:
+                self._optimizer.load_state_dict(torch.load(saved[-1], weights_only=True))
+        return self._optimizer
+
+    def _save_optimizer(self, round: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.state_dir is None:
+            return
+        torch_save_atomic(optimizer.state_dict(), self.state_dir / f"optimizer_round_{round:04d}.pt")
+        for old in self._optimizer_files()[:-2]:  # a resume needs at most the one before the last
+            old.unlink()
+
+    def _optimizer_files(self) -> list[Path]:
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return []
+        return sorted(self.state_dir.glob("optimizer_round_*.pt"), key=_round_of)
 
     def evaluate(self, weights: Weights, split: str = "test") -> list[CaseMetrics]:
         """Per-case metrics on ``split``; distances (HD95) only for the test split, as they are slow."""
@@ -96,19 +151,24 @@ class SiteTrainer:
         return self._evaluate_loaded(split, with_distances=split == "test")
 
     def _batches(self, config: RoundConfig):
+        """The round's batches: the round config's steps or epochs, else the training config's."""
         loader = self.data.train_loader(self.config.batch_size, config.seed)
-        steps = config.local_steps or self.config.local_steps
+        steps, epochs = config.local_steps, config.local_epochs
+        if steps is None and epochs is None:
+            steps, epochs = self.config.local_steps, self.config.local_epochs
         if steps is None:
-            epochs = config.local_epochs or self.config.local_epochs
             return itertools.chain.from_iterable(loader for _ in range(epochs))
         cycles = math.ceil(steps / len(loader))
         return itertools.islice(itertools.chain.from_iterable(loader for _ in range(cycles)), steps)
 
-    def _step(self, batch: dict, optimizer: torch.optim.Optimizer) -> float:
+    def _step(self, batch: dict, optimizer: torch.optim.Optimizer, mu: float,
+              anchor: list[torch.Tensor] | None) -> float:
         image = _plain(batch["image"]).to(self.device)
         label = _plain(batch["label"]).to(self.device)
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.network(image), label)
+        if anchor is not None:  # FedProx (Li et al. 2020): stay near the global model
+            loss = loss + mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(self.network.parameters(), anchor))
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -128,3 +188,7 @@ class SiteTrainer:
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata before the forward pass: it only costs time there."""
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+def _round_of(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
