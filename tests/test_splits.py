@@ -203,3 +203,21 @@ def test_whole_images_are_padded_to_a_multiple_of_16(nifti_site, task_3d, build_
     assert {tuple(c["image"].shape) for c in dataset.cases["train"]} == {(1, 16, 16, 16)}
     # labels keep their class indices through preprocessing
     assert {int(v) for c in dataset.cases["train"] for v in torch.unique(torch.as_tensor(c["label"]))} == {0, 1, 2}
+
+
+def test_pooled_dataset_holds_every_sites_cases_under_distinct_names(png_site, make_site, task_2d,
+                                                                     build_dataset):
+    from fedseg.data.dataset import SiteDataset
+
+    twin = make_site("twin_site")
+    for i in range(6):
+        twin.png_case(f"case_{i:02d}")  # the same case names as png_site
+    one, two = build_dataset(png_site.root, task_2d), build_dataset(twin.root, task_2d)
+    pooled = SiteDataset.pooled("centralized", [one, two])
+    for split in ("train", "val", "test"):
+        names = [c["case"] for c in pooled.cases[split]]
+        assert len(names) == len(one.cases[split]) + len(two.cases[split]) == len(set(names))
+        assert {n.split("/")[0] for n in names} == {"png_site", "twin_site"}
+    assert pooled.n_train == one.n_train + two.n_train
+    batch = next(iter(pooled.train_loader(batch_size=2, seed=0)))
+    assert batch["image"].shape[0] == 2

@@ -64,6 +64,20 @@ class SiteDataset:
         self._augment = random_transforms(preprocessing, task.spatial_dims)
         self._check_uniform_size()
 
+    @classmethod
+    def pooled(cls, name: str, sites: list[SiteDataset]) -> SiteDataset:
+        """Every site's cases in one dataset (the centralized arm: all data at one place).
+
+        Case names become ``site/case`` so that cases of different sites stay distinct.
+        """
+        first = sites[0]
+        pooled = cls.__new__(cls)
+        pooled.name, pooled.task, pooled.preprocessing = name, first.task, first.preprocessing
+        pooled.cases = {split: [{**case, "case": f"{site.name}/{case['case']}"}
+                                for site in sites for case in site.cases[split]] for split in SPLITS}
+        pooled._augment = random_transforms(first.preprocessing, first.task.spatial_dims)
+        return pooled
+
     @property
     def n_train(self) -> int:
         return len(self.cases["train"])
