@@ -22,6 +22,6 @@ def tiny_experiment(root: Path, rounds: int = 3, n_cases: int = 10, **sections) 
         "training": {"loss": "dice_ce", "lr": 1e-2, "batch_size": 4, "local_steps": 3},
         "federation": {"rounds": rounds},
     }
-    for section, values in sections.items():
+    for section, values in sections.items():  # merge tables, replace plain values
         experiment[section] = {**experiment.get(section, {}), **values} if isinstance(values, dict) else values
     return copy.deepcopy(experiment)

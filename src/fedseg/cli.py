@@ -69,15 +69,19 @@ def _simulate(args) -> int:
 
 
 def _run(experiment, out: Path, resume: bool) -> dict:
-    from fedseg.console import ProgressObserver, results_table
+    from fedseg.console import ProgressObserver, headline, matrix_table, results_table
     from fedseg.simulate import run_simulation
 
-    console.print(f"[bold]{experiment.name}[/]: {len(experiment.sites)} sites, "
-                  f"{experiment.federation.rounds} rounds of {experiment.federation.plan}; "
-                  "reading and checking the data ...")
-    with ProgressObserver(console, experiment.federation.rounds, len(experiment.sites)) as observer:
-        results = run_simulation(experiment, out, resume=resume, observer=observer)
+    console.print(f"[bold]{escape(experiment.name)}[/]: {len(experiment.sites)} sites, "
+                  f"{experiment.federation.rounds} rounds of {experiment.federation.plan}, "
+                  f"arms: {', '.join(experiment.arms)}; reading and checking the data ...")
+    results = run_simulation(experiment, out, resume=resume,
+                             progress=lambda arm, rounds, n: ProgressObserver(console, rounds, n, label=arm))
     console.print(results_table(results))
+    if len(results["models"]) > 1:
+        console.print(matrix_table(results["matrix"]))
+        for line in headline(results["comparisons"]):
+            console.print(line, highlight=False)
     console.print(f"run directory: {out}\nreport: {out / 'report.md'}  "
                   f"(wall time {results['wall_time_s']:.0f} s)")
     return results

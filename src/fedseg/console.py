@@ -14,12 +14,13 @@ from fedseg.types import Update
 class ProgressObserver:
     """A progress bar over (round, site) trainings, with the last loss and validation Dice."""
 
-    def __init__(self, console: Console, rounds: int, n_sites: int):
+    def __init__(self, console: Console, rounds: int, n_sites: int, label: str = "training"):
         self.console = console
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
-        self.task = self.progress.add_task("training", total=rounds * n_sites, status="")
+        self.task = self.progress.add_task(label, total=rounds * n_sites, status="")
         self.n_sites = n_sites
+        self.label = label
 
     def __enter__(self) -> "ProgressObserver":
         self.progress.start()
@@ -29,7 +30,7 @@ class ProgressObserver:
         self.progress.stop()
 
     def round_started(self, round: int, sites: list[str]) -> None:
-        self.progress.update(self.task, description=f"round {round + 1}",
+        self.progress.update(self.task, description=f"{self.label} round {round + 1}",
                              completed=round * self.n_sites)
 
     def site_trained(self, round: int, site: str, update: Update) -> None:
@@ -54,6 +55,36 @@ def results_table(results: dict) -> Table:
                       *[_fmt(summary["dice_per_class"].get(c)) for c in classes],
                       style="bold" if site == "overall" else None)
     return table
+
+
+def matrix_table(matrix: dict) -> Table:
+    """Every model (rows) on every site's test cases (columns): mean ± sd of the metric."""
+    table = Table(title=f"Cross-site test {matrix['metric']} ({matrix['class']} over classes)")
+    table.add_column("model")
+    for column in matrix["columns"]:
+        table.add_column(column, justify="right")
+    for model, cells in matrix["rows"].items():
+        table.add_row(model, *[_mean_sd(cells[c]) for c in matrix["columns"]])
+    return table
+
+
+def headline(comparisons: list[dict]) -> list[str]:
+    """One line per model: the reference's mean Dice difference over all test cases, CI and p."""
+    lines = []
+    for row in comparisons:
+        if row["site"] != "overall" or row["mean_difference"] is None:
+            continue
+        p = row["wilcoxon_p"]
+        lines.append(f"{row['reference']} - {row['model']}: mean Dice difference {row['mean_difference']:+.3f} "
+                     f"[95% CI {row['ci_low']:+.3f}, {row['ci_high']:+.3f}], Wilcoxon p = "
+                     f"{'n/a' if p is None else f'{p:.3g}'} ({row['n_pairs']} paired cases)")
+    return lines
+
+
+def _mean_sd(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "n/a"
+    return f"{cell['mean']:.3f}" + ("" if cell["sd"] is None else f" ± {cell['sd']:.3f}")
 
 
 def inspection_table(inspection: SiteInspection) -> Table:

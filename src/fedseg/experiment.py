@@ -40,10 +40,14 @@ class FederationConfig:
     weighted_by: str = "n_samples"
     validate_global: bool = True
     """Evaluate the global model on each site's validation cases after every round."""
+    fine_tune_epochs: int = 0
+    """FL_local: after federated training each site fine-tunes the global model this many epochs."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.fine_tune_epochs < 0:
+            raise ValueError(f"fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}")
         if self.plan not in PLANS:
             raise ValueError(f"plan must be one of {PLANS}, got '{self.plan}'")
 
@@ -59,11 +63,12 @@ class Experiment:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
+    arms: tuple[str, ...] = ("federated",)
     source: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment as plain TOML-able data (absolute paths, no None values)."""
-        data: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        data: dict[str, Any] = {"name": self.name, "seed": self.seed, "arms": list(self.arms)}
         for section in ("task", "splits", "preprocessing", "model", "training", "federation"):
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
@@ -76,7 +81,8 @@ class Experiment:
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
             "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig}
-TOP_LEVEL = {"name", "seed", "sites", *SECTIONS}
+TOP_LEVEL = {"name", "seed", "sites", "arms", *SECTIONS}
+ARMS = ("federated", "standalone", "centralized")
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -113,7 +119,10 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
     if not isinstance(seed, int):
         raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
     name = data.get("name", source.stem if source else "experiment")
-    return Experiment(name=str(name), seed=seed, sites=sites, source=source, **sections)
+    arms = data.get("arms", ["federated"])
+    if not (isinstance(arms, list) and arms and set(arms) <= set(ARMS) and len(set(arms)) == len(arms)):
+        raise ConfigError(f"{where}: arms must be a non-empty list of distinct values from {list(ARMS)}, got {arms!r}")
+    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), source=source, **sections)
 
 
 def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:

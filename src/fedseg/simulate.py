@@ -13,16 +13,18 @@ from typing import Any
 
 import torch
 
+from fedseg.arms import ArmRunner, ProgressFactory
 from fedseg.data.dataset import SiteDataset
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
-from fedseg.evaluation.results import evaluate_model
+from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, failures, write_cross_site_csv
+from fedseg.evaluation.results import summarise_model
+from fedseg.evaluation.statistics import paired_comparisons
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.fedavg import FedAvg
 from fedseg.report.markdown import write_report
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.runtime.simulation import RoundObserver, SimulationRuntime
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.training.weights import get_weights
 from fedseg.types import Weights
@@ -55,21 +57,36 @@ def initial_weights(experiment: Experiment) -> Weights:
 
 
 def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
-                   observer: RoundObserver | None = None) -> dict[str, Any]:
-    """Train, evaluate on every site's test cases, write results.json and the report."""
+                   progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Train every arm, evaluate every model on every site's test cases, write results and report."""
     started = time.perf_counter()
     run_dir = RunDirectory(out)
     _prepare_run_dir(run_dir, experiment, resume)
     datasets = load_sites(experiment)
-    trainers = {name: SiteTrainer(data, experiment.model, experiment.training) for name, data in datasets.items()}
-    runtime = SimulationRuntime(build_plan(experiment), trainers, run_dir, observer,
-                                experiment.federation.validate_global)
-    final = runtime.run(initial_weights(experiment), experiment.federation.rounds, resume=resume)
-    run_dir.save_model("FL_global", final)
-    results = evaluate_model("FL_global", final, trainers)
-    results.update(experiment=experiment.name, rounds=experiment.federation.rounds,
-                   wall_time_s=time.perf_counter() - started, resumed=resume,
-                   train_seconds=sum(r.get("seconds", 0.0) for r in run_dir.read_metrics()))
+    runner = ArmRunner(experiment, datasets, run_dir, initial_weights(experiment), resume, progress)
+    models: dict[str, Weights] = {}
+    if "federated" in experiment.arms:
+        models.update(runner.federated(build_plan(experiment), experiment.federation.rounds))
+    if "standalone" in experiment.arms:
+        models.update(runner.standalone())
+    if "centralized" in experiment.arms:
+        models.update(runner.centralized())
+
+    evaluators = {name: SiteTrainer(data, experiment.model, experiment.training) for name, data in datasets.items()}
+    headline = "FL_global" if "FL_global" in models else next(iter(models))
+    records, results = [], {}
+    for model, weights in models.items():
+        per_site = {site: evaluators[site].evaluate(weights, "test") for site in sorted(evaluators)}
+        records.extend(cross_site_records(model, per_site))
+        if model == headline:
+            results = summarise_model(model, per_site)
+    write_cross_site_csv(records, run_dir.root / "cross_site.csv")
+    results.update(
+        experiment=experiment.name, rounds=experiment.federation.rounds, arms=list(experiment.arms),
+        models=list(models), matrix=cross_site_matrix(records), failures=failures(records),
+        comparisons=paired_comparisons(records, reference=headline, seed=experiment.seed) if len(models) > 1 else [],
+        wall_time_s=time.perf_counter() - started, resumed=resume,
+        train_seconds=sum(r.get("seconds", 0.0) for r in run_dir.read_metrics()))
     run_dir.write_json("results.json", results)
     write_report(run_dir.root)
     return results

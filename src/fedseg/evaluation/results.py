@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from fedseg.types import CaseMetrics, Weights
+from fedseg.types import CaseMetrics
 
 
-class Evaluator(Protocol):
-    def evaluate(self, weights: Weights, split: str = "test") -> list[CaseMetrics]: ...
-
-
-def evaluate_model(model: str, weights: Weights, sites: Mapping[str, Evaluator]) -> dict[str, Any]:
-    """``results.json`` content for ``model``: test Dice per case, per site and overall."""
-    per_site = {site: sites[site].evaluate(weights, "test") for site in sorted(sites)}
+def summarise_model(model: str, per_site: Mapping[str, list[CaseMetrics]]) -> dict[str, Any]:
+    """``results.json`` content for ``model``: test metrics per case, per site and overall."""
     everything = [case for cases in per_site.values() for case in cases]
     return {
         "model": model,

@@ -1,0 +1,73 @@
+"""Comparison arms in one run: federated (+ FL_local), standalone per site, centralized."""
+
+import json
+
+import pytest
+import torch
+
+from fedseg.evaluation.cross_site import read_cross_site_csv
+from fedseg.experiment import parse_experiment
+from fedseg.simulate import run_simulation
+from tiny_experiment import tiny_experiment
+
+SITES = ("hospital_a", "hospital_b", "hospital_c")
+MODELS = ["FL_global", *[f"FL_local_{s}" for s in SITES], *[f"standalone_{s}" for s in SITES], "centralized"]
+
+
+@pytest.fixture(scope="module")
+def all_arms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arms")
+    config = tiny_experiment(root, rounds=2, arms=["federated", "standalone", "centralized"],
+                             federation={"rounds": 2, "fine_tune_epochs": 1})
+    experiment = parse_experiment(config)
+    return experiment, root / "run", run_simulation(experiment, root / "run")
+
+
+def test_every_arm_produces_its_models(all_arms):
+    _, out, results = all_arms
+    assert results["models"] == MODELS
+    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt") if not p.stem.startswith("global")) == sorted(MODELS)
+    for arm in [f"standalone_{s}" for s in SITES] + ["centralized"]:
+        lines = [json.loads(x) for x in (out / "arms" / arm / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in lines] == [0, 1]
+    centralized = [json.loads(x) for x in (out / "arms" / "centralized" / "metrics.jsonl").read_text().splitlines()]
+    assert centralized[0]["n_samples"] == 18  # 3 sites x 6 training cases pooled
+
+
+def test_fl_local_starts_from_fl_global_and_differs_from_it(all_arms):
+    _, out, _ = all_arms
+    global_weights = torch.load(out / "checkpoints" / "FL_global.pt", weights_only=True)
+    local = torch.load(out / "checkpoints" / "FL_local_hospital_a.pt", weights_only=True)
+    other = torch.load(out / "checkpoints" / "FL_local_hospital_b.pt", weights_only=True)
+    assert any(not torch.equal(global_weights[k], local[k]) for k in local)
+    assert any(not torch.equal(other[k], local[k]) for k in local)
+
+
+def test_every_model_is_scored_on_every_sites_test_cases(all_arms):
+    _, out, results = all_arms
+    records = read_cross_site_csv(out / "cross_site.csv")
+    pairs = {(r["model"], r["site"], r["case"]) for r in records if r["metric"] == "dice"}
+    assert len(pairs) == len(MODELS) * len(SITES) * 2  # 2 test cases per site
+    assert {r["metric"] for r in records} == {"dice", "hd95", "bbox_coverage", "failed"}
+    matrix = results["matrix"]
+    assert list(matrix["rows"]) == MODELS and matrix["columns"] == [*SITES, "overall"]
+    assert all(matrix["rows"][m]["overall"]["n"] == 6 for m in MODELS)
+    compared = {(r["model"], r["site"]) for r in results["comparisons"]}
+    assert compared == {(m, s) for m in MODELS[1:] for s in (*SITES, "overall")}
+    assert all(r["reference"] == "FL_global" for r in results["comparisons"])
+    assert [f["model"] for f in results["failures"]] == MODELS
+
+
+def test_resuming_a_finished_multi_arm_run_retrains_nothing(all_arms):
+    experiment, out, results = all_arms
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
+    again = run_simulation(experiment, out, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")} == stamps
+    assert again["matrix"] == results["matrix"]
+
+
+def test_unknown_arm_is_a_config_error(tmp_path):
+    from fedseg.experiment import ConfigError
+
+    with pytest.raises(ConfigError, match="arms must be a non-empty list"):
+        parse_experiment(tiny_experiment(tmp_path, arms=["federated", "pooled"]))
