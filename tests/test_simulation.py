@@ -1,4 +1,5 @@
-"""The simulation runtime end to end on tiny synthetic sites: run directory, determinism, resume."""
+"""The simulation runtime end to end on tiny synthetic sites: run directory, determinism, resume;
+and with other compute plans on fake sites that do not train."""
 
 import json
 import os
@@ -14,8 +15,14 @@ import torch
 
 from fedseg.errors import UserError
 from fedseg.experiment import parse_experiment
+from fedseg.plans.cyclic import CyclicWeightTransfer
+from fedseg.plans.fedavg import FedAvg
+from fedseg.plans.fedopt import FedOpt
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.runtime.simulation import SimulationRuntime
 from fedseg.simulate import initial_weights, run_simulation
 from fedseg.training.trainer import SiteTrainer, build_site_network
+from fedseg.types import CaseMetrics, Update
 from tiny_experiment import tiny_experiment
 
 
@@ -145,3 +152,75 @@ def test_federated_training_learns(tmp_path):
     untrained = np.mean([c.mean_dice for t in trainers.values()
                          for c in t.evaluate(initial_weights(experiment))])
     assert results["overall"]["mean_dice"] > max(0.5, untrained + 0.3)
+
+
+# --- the runtime with other plans, on fake sites (no training) -----------------------------------
+class FakeSite:
+    """Moves the weights by seeded noise; validation Dice fixed per site; a 'val' case scores it."""
+
+    def __init__(self, dice: float):
+        self.dice = dice
+        self.evaluated = 0
+
+    def train(self, weights, config):
+        rng = np.random.default_rng(config.seed)
+        moved = {k: (v + rng.normal(scale=0.1, size=v.shape)).astype(v.dtype) for k, v in weights.items()}
+        return Update(moved, n_samples=4, metrics={"val_dice": self.dice})
+
+    def evaluate(self, weights, split="test"):
+        self.evaluated += 1
+        return [CaseMetrics("case", {"lesion": self.dice})]
+
+
+def fake_sites():
+    return {"a": FakeSite(0.8), "b": FakeSite(0.0), "c": FakeSite(0.4), "d": FakeSite(0.2)}
+
+
+START = {"w": np.arange(6, dtype=np.float32)}
+
+
+def test_records_carry_aggregation_weights_and_the_plan_summary(tmp_path):
+    sites = fake_sites()
+    plan = FedAvg(seed=0, weighted_by="val_dice", fraction=0.5)
+    SimulationRuntime(plan, sites, RunDirectory(tmp_path)).run(START, rounds=3)
+    lines = RunDirectory(tmp_path).read_metrics()
+    assert len(lines) == 6  # 2 of 4 sites a round
+    for round in range(3):
+        records = [r for r in lines if r["round"] == round]
+        chosen = list(plan.configure_train(round, sorted(sites)))
+        assert [r["site"] for r in records] == chosen
+        floored = {s: max(sites[s].dice, 0.05) for s in chosen}
+        expected = {s: w / sum(floored.values()) for s, w in floored.items()}
+        assert {r["site"]: r["aggregation_weight"] for r in records} == pytest.approx(expected)
+        assert records[0]["plan"] == {"aggregation_weights": pytest.approx(expected)}
+        assert "plan" not in records[1]
+    assert sum(s.evaluated for s in sites.values()) == 6  # only sites that trained validate the global model
+
+
+def test_cyclic_plan_trains_one_site_a_round(tmp_path):
+    sites = fake_sites()
+    plan = CyclicWeightTransfer(seed=0, sites=list(sites), cycles=2)
+    final = SimulationRuntime(plan, sites, RunDirectory(tmp_path)).run(START, rounds=plan.total_rounds)
+    lines = RunDirectory(tmp_path).read_metrics()
+    assert [(r["round"], r["site"]) for r in lines] == [(r, "abcd"[r % 4]) for r in range(8)]
+    assert [r["plan"] for r in lines[3:5]] == [{"visited": "d", "cycle": 0, "aggregation_weights": {"d": 1.0}},
+                                               {"visited": "a", "cycle": 1, "aggregation_weights": {"a": 1.0}}]
+    assert all(r["aggregation_weight"] == 1.0 for r in lines)
+    assert not np.array_equal(final["w"], START["w"])
+
+
+def test_fedadam_resumed_through_the_run_directory_equals_a_straight_run(tmp_path):
+    def runtime(out):
+        run_dir = RunDirectory(out)
+        run_dir.create()
+        return SimulationRuntime(FedOpt(seed=2, server_lr=0.05, fraction=0.75), fake_sites(), run_dir)
+
+    straight = runtime(tmp_path / "straight").run(START, rounds=4)
+    runtime(tmp_path / "resumed").run(START, rounds=2)
+    resumed = runtime(tmp_path / "resumed").run(START, rounds=4, resume=True)
+    assert straight["w"].tobytes() == resumed["w"].tobytes()
+    def lines(out):
+        return [{k: v for k, v in r.items() if k != "global_val_seconds"} for r in RunDirectory(out).read_metrics()]
+
+    assert lines(tmp_path / "straight") == lines(tmp_path / "resumed")
+    assert [r["round"] for r in lines(tmp_path / "resumed")] == [r for r in range(4) for _ in range(3)]

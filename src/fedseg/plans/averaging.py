@@ -33,12 +33,16 @@ class RunningAverage:
             self._sum[key] += weight * value
         self.total += weight
 
-    def result(self) -> Weights:
+    def means(self) -> dict[str, np.ndarray]:
+        """The averages in float64, before casting back to each parameter's dtype."""
         if not self._sum or self.total <= 0:
             raise ValueError("nothing to average: no update with a positive weight")
+        return {key: value / self.total for key, value in self._sum.items()}
+
+    def result(self, means: dict[str, np.ndarray] | None = None) -> Weights:
+        """The averages in each parameter's dtype (integers rounded); ``means`` if already computed."""
         out = {}
-        for key, value in self._sum.items():
-            mean = value / self.total
+        for key, mean in (self.means() if means is None else means).items():
             dtype = self._dtypes[key]
             out[key] = (np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
         return out

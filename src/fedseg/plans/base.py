@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedseg.seeding import stable_seed
 from fedseg.types import RoundConfig, Update, Weights
 
 
@@ -27,8 +28,21 @@ class ComputePlan(ABC):
         """The next global model from this round's updates."""
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state to checkpoint after each round (empty for stateless plans)."""
+        """State to checkpoint after each round (empty for stateless plans): JSON-serialisable
+        values and numpy arrays, nested in dicts and lists."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+    def round_summary(self) -> dict[str, Any]:
+        """What the last ``aggregate_train`` did, JSON-serialisable, for the round's metrics: e.g.
+        ``{"aggregation_weights": {site: normalised weight}}``. Empty before the first call."""
+        return {}
+
+
+def site_config(seed: int, round: int, site: str, local_epochs: int | None, local_steps: int | None,
+                extra: dict[str, Any] | None = None) -> RoundConfig:
+    """One site's instructions for ``round``, with a seed that depends only on (seed, round, site)."""
+    return RoundConfig(round=round, seed=stable_seed(seed, "train", round, site), local_epochs=local_epochs,
+                       local_steps=local_steps, extra=dict(extra or {}))

@@ -1,39 +1,58 @@
-"""FedAvg (McMahan et al. 2017): every site trains locally, the coordinator averages."""
+"""FedAvg (McMahan et al. 2017): sampled sites train locally, the coordinator averages.
+
+The base of the averaging family (FedProx, FedOpt): site sampling (``fraction``, ``min_sites``,
+see ``sampling``) and the averaging weights (``weighted_by``, ``metric_floor``, see
+``weighting``) are shared by all of them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from fedseg.seeding import stable_seed
 from fedseg.plans.averaging import RunningAverage
-from fedseg.plans.base import ComputePlan
+from fedseg.plans.base import ComputePlan, site_config
+from fedseg.plans.sampling import SiteSampling
+from fedseg.plans.weighting import Weighting
 from fedseg.types import RoundConfig, Update, Weights
-
-WEIGHTINGS = ("n_samples", "uniform")
 
 
 class FedAvg(ComputePlan):
-    """Average of site updates weighted by their training samples (or uniformly)."""
+    """Average of site updates weighted by training samples, uniformly, or by validation Dice
+    (Sarma et al. 2021; a site without a usable ``val_dice`` counts with ``metric_floor``)."""
 
     name = "fedavg"
 
     def __init__(self, seed: int, local_epochs: int = 1, local_steps: int | None = None,
-                 weighted_by: str = "n_samples"):
-        if weighted_by not in WEIGHTINGS:
-            raise ValueError(f"plan.weighted_by must be one of {WEIGHTINGS}, got '{weighted_by}'")
+                 weighted_by: str = "n_samples", metric_floor: float = 0.05, fraction: float = 1.0,
+                 min_sites: int = 1):
         self.seed = seed
         self.local_epochs = local_epochs
         self.local_steps = local_steps
-        self.weighted_by = weighted_by
+        self.weighting = Weighting(weighted_by, metric_floor)
+        self.sampling = SiteSampling(fraction, min_sites)
+        self._summary: dict[str, Any] = {}
 
     def configure_train(self, round: int, sites: Sequence[str]) -> dict[str, RoundConfig]:
-        return {site: RoundConfig(round=round, seed=stable_seed(self.seed, "train", round, site),
-                                  local_epochs=self.local_epochs, local_steps=self.local_steps)
-                for site in sites}
+        return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps, self.train_extra())
+                for site in self.sampling.choose(self.seed, round, sites)}
+
+    def train_extra(self) -> dict[str, Any]:
+        """Plan-specific instructions for the site trainer (``RoundConfig.extra``)."""
+        return {}
 
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
-        average = RunningAverage()
+        return self._average(updates).result()
+
+    def round_summary(self) -> dict[str, Any]:
+        return dict(self._summary)
+
+    def _average(self, updates: Mapping[str, Update]) -> RunningAverage:
+        """The weighted average of ``updates``, remembering the normalised weights for the summary."""
+        average, used = RunningAverage(), {}
         for site in sorted(updates):  # fixed order: float sums are order-sensitive
-            update = updates[site]
-            average.add(update.weights, float(update.n_samples) if self.weighted_by == "n_samples" else 1.0)
-        return average.result()
+            used[site] = self.weighting(updates[site])
+            average.add(updates[site].weights, used[site])
+        total = average.total  # when 0, result() and means() raise "nothing to average"
+        self._summary = {"aggregation_weights": {site: w / total for site, w in used.items()}} if total > 0 else {}
+        return average

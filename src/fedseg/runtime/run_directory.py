@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from fedseg.files import torch_save_atomic, write_text_atomic
 from fedseg.training.weights import from_tensors, to_tensors
 from fedseg.types import Weights
 
@@ -35,8 +36,11 @@ class RunDirectory:
 
     # --- global model after each round -------------------------------------------------------
     def save_round(self, round: int, weights: Weights, plan_state: dict[str, Any]) -> Path:
+        """Checkpoint a round: the plan state's numpy arrays as tensors, the rest as a JSON string."""
         path = self.checkpoints / f"global_round_{round:03d}.pt"
-        _atomic_torch_save({"round": round, "model": to_tensors(weights), "plan_state": json.dumps(plan_state)},
+        arrays: dict[str, torch.Tensor] = {}
+        state = json.dumps(_pull_arrays(plan_state, arrays))
+        torch_save_atomic({"round": round, "model": to_tensors(weights), "plan_state": state, "plan_arrays": arrays},
                            path)
         return path
 
@@ -47,12 +51,13 @@ class RunDirectory:
         if not rounds:
             return None
         saved = torch.load(self.checkpoints / f"global_round_{rounds[-1]:03d}.pt", weights_only=True)
-        return saved["round"], from_tensors(saved["model"]), json.loads(saved["plan_state"])
+        arrays = from_tensors(saved.get("plan_arrays", {}))  # absent in checkpoints of older versions
+        return saved["round"], from_tensors(saved["model"]), _put_arrays(json.loads(saved["plan_state"]), arrays)
 
     def save_model(self, name: str, weights: Weights) -> Path:
         """A final model as a plain state dict, loadable with ``network.load_state_dict(torch.load(p))``."""
         path = self.checkpoints / f"{name}.pt"
-        _atomic_torch_save(to_tensors(weights), path)
+        torch_save_atomic(to_tensors(weights), path)
         return path
 
     def load_model(self, name: str) -> Weights:
@@ -92,21 +97,30 @@ class RunDirectory:
         return json.loads((self.root / name).read_text())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+ARRAY = "__array__"
+"""Placeholder key for an array of a plan's state in the checkpoint's JSON; plans must not use it."""
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _pull_arrays(value: Any, arrays: dict[str, torch.Tensor]) -> Any:
+    """``value`` with each numpy array (in dicts and lists) moved to ``arrays`` as a tensor, leaving a
+    placeholder (numpy scalars come back as 0-d arrays)."""
+    if isinstance(value, (np.ndarray, np.number, np.bool_)):
+        key = str(len(arrays))
+        arrays.update(to_tensors({key: value}))
+        return {ARRAY: key}
+    if isinstance(value, dict):
+        return {k: _pull_arrays(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pull_arrays(v, arrays) for v in value]
+    return value
+
+
+def _put_arrays(value: Any, arrays: Weights) -> Any:
+    """The inverse of ``_pull_arrays``."""
+    if isinstance(value, dict):
+        if value.keys() == {ARRAY}:
+            return arrays[value[ARRAY]]
+        return {k: _put_arrays(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_put_arrays(v, arrays) for v in value]
+    return value

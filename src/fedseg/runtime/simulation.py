@@ -1,8 +1,11 @@
 """In-process simulation: every site in one process, seeded, checkpointed after each round.
 
 The runtime only moves weights: the plan decides who trains and how updates combine, the site
-trainers train. ``resume=True`` continues after the last checkpointed round; because each
-round's randomness comes from the plan's round config, the result equals an uninterrupted run.
+trainers train. Only the sites the plan picks for a round train, get a metrics line (with their
+``aggregation_weight``) and, with ``validate_global``, validate the new global model; the
+round's first line also keeps the plan's whole ``round_summary`` under ``plan``.
+``resume=True`` continues after the last checkpointed round; because each round's randomness
+comes from the plan's round config, the result equals an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -67,7 +70,13 @@ class SimulationRuntime:
             if self.observer:
                 self.observer.site_trained(round, site, updates[site])
         weights = self.plan.aggregate_train(round, weights, updates)
+        summary = self.plan.round_summary()
         records = [self._record(round, site, update, weights) for site, update in updates.items()]
+        for record in records:
+            if (weight := summary.get("aggregation_weights", {}).get(record["site"])) is not None:
+                record["aggregation_weight"] = weight
+        if records and summary:
+            records[0]["plan"] = summary
         self.run_dir.append_metrics(records)
         self.run_dir.save_round(round, weights, self.plan.state_dict())
         if self.observer:

@@ -24,7 +24,8 @@ def set_weights(module: nn.Module, weights: Weights) -> None:
 
 
 def to_tensors(weights: Weights) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    """Tensor copies of the same shapes (``np.ascontiguousarray`` would make 0-d arrays 1-d)."""
+    return {k: torch.from_numpy(np.array(v, order="C")) for k, v in weights.items()}
 
 
 def from_tensors(state: dict[str, torch.Tensor]) -> Weights:

@@ -1,0 +1,82 @@
+"""FedOpt (Reddi et al. 2021, "Adaptive federated optimization"): FedAdam, FedYogi, FedAdagrad.
+
+The server treats ``g = global - weighted average of the updates`` as a gradient and takes one
+adaptive optimizer step per round (Algorithm 2 of the paper, no bias correction)::
+
+    m = beta1 * m + (1 - beta1) * g
+    v = v + g^2                                   adagrad
+    v = v - (1 - beta2) * g^2 * sign(v - g^2)     yogi
+    v = beta2 * v + (1 - beta2) * g^2             adam
+    global = global - server_lr * m / (sqrt(v) + tau)
+
+(the paper writes it with ``Delta = -g`` and a plus sign: the same step). ``m`` starts at 0 and
+``v`` at ``tau**2`` (the paper asks for ``v >= tau**2``). ``tau`` bounds the step where ``v`` is
+small. Float parameters take the step; integer buffers (``num_batches_tracked``) take the plain
+average. ``m`` and ``v`` (float64, per parameter) are the plan's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedseg.plans.fedavg import FedAvg
+from fedseg.types import Update, Weights
+
+OPTIMIZERS = ("adam", "yogi", "adagrad")
+
+
+def second_moment(optimizer: str, v: np.ndarray, g2: np.ndarray, beta2: float) -> np.ndarray:
+    if optimizer == "adagrad":
+        return v + g2
+    if optimizer == "yogi":
+        return v - (1 - beta2) * g2 * np.sign(v - g2)
+    return beta2 * v + (1 - beta2) * g2
+
+
+class FedOpt(FedAvg):
+    """A server-side adaptive optimizer over the averaged updates; ``name`` is fedadam/fedyogi/fedadagrad."""
+
+    def __init__(self, seed: int, local_epochs: int = 1, local_steps: int | None = None, optimizer: str = "adam",
+                 server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
+                 **averaging: Any):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"plan optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
+        for key, value, ok in (("server_lr", server_lr, server_lr > 0), ("tau", tau, tau > 0),
+                               ("beta1", beta1, 0 <= beta1 < 1), ("beta2", beta2, 0 <= beta2 < 1)):
+            if not ok:
+                raise ValueError(f"plan.{key} is out of range: {value}")
+        super().__init__(seed, local_epochs, local_steps, **averaging)
+        self.name = f"fed{optimizer}"
+        self.optimizer, self.server_lr, self.beta1, self.beta2, self.tau = optimizer, server_lr, beta1, beta2, tau
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
+        average = self._average(updates)
+        means = average.means()
+        result = average.result(means)
+        if global_weights.keys() != means.keys():
+            raise ValueError("the updates and the global model disagree on parameter names")
+        for key, mean in means.items():
+            if np.issubdtype(result[key].dtype, np.floating):
+                x = np.asarray(global_weights[key], dtype=np.float64)
+                result[key] = (x + self._step(key, x - mean)).astype(result[key].dtype)
+        return result
+
+    def _step(self, key: str, g: np.ndarray) -> np.ndarray:
+        """Update ``m`` and ``v`` of parameter ``key`` with gradient ``g``; return the change to apply."""
+        m = self.m.get(key, np.zeros_like(g))
+        v = self.v.get(key, np.full_like(g, self.tau ** 2))
+        self.m[key] = np.asarray(self.beta1 * m + (1 - self.beta1) * g)  # asarray: 0-d maths gives scalars
+        self.v[key] = np.asarray(second_moment(self.optimizer, v, g * g, self.beta2))
+        return -self.server_lr * self.m[key] / (np.sqrt(self.v[key]) + self.tau)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": dict(self.m), "v": dict(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m = {k: np.array(a, dtype=np.float64) for k, a in state["m"].items()}
+        self.v = {k: np.array(a, dtype=np.float64) for k, a in state["v"].items()}
