@@ -55,7 +55,7 @@ from fedseg.experiment import Experiment, parse_experiment
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.simulation import SimulationRuntime
 from fedseg.seeding import stable_seed
-from fedseg.simulate import build_plan, initial_weights, load_sites
+from fedseg.simulate import initial_weights, load_sites
 from fedseg.training.losses import build_loss
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.training.weights import set_weights
@@ -77,7 +77,8 @@ def make_experiment(data_dir: Path, cases: int, size: int, rounds: int, local_st
         "preprocessing": {"intensity": "percentile_rescale", "flip": True, "rotate90": True},
         "model": {"name": "UNet", "channels": [16, 32, 64, 128], "num_res_units": 1},
         "training": {"loss": "dice_ce", "lr": 2e-3, "batch_size": batch_size, "local_steps": local_steps},
-        "federation": {"rounds": rounds, "plan": "fedavg", "validate_global": False},
+        "federation": {"rounds": rounds, "validate_global": False},
+        "plan": {"name": "fedavg"},
     })
 
 
@@ -140,7 +141,7 @@ def run_runtime(experiment: Experiment, datasets: dict, run_root: Path) -> tuple
              for name, data in datasets.items()}
     run_dir = RunDirectory(run_root)
     run_dir.create()
-    runtime = SimulationRuntime(build_plan(experiment), sites, run_dir, None,
+    runtime = SimulationRuntime(experiment.compute_plan(), sites, run_dir, None,
                                 experiment.federation.validate_global)
     runtime.run(initial_weights(experiment), experiment.federation.rounds)
     seconds = time.perf_counter() - started

@@ -71,3 +71,20 @@ def test_unknown_arm_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="arms must be a non-empty list"):
         parse_experiment(tiny_experiment(tmp_path, arms=["federated", "pooled"]))
+
+
+@pytest.mark.parametrize("plan, rounds, trained", [
+    ({"name": "fedprox", "proximal_mu": 0.01}, 2, 6),
+    ({"name": "fedyogi", "server_lr": 0.01}, 2, 6),
+    ({"name": "fedavg", "weighted_by": "val_dice", "fraction": 0.5, "min_sites": 2}, 2, 4),
+    ({"name": "cyclic", "order": "shuffled"}, 2, 6),  # rounds = cycles: 2 visits per site
+    ({"name": "single_transfer"}, 1, 3),
+])
+def test_every_plan_runs_from_the_experiment_file(tmp_path, plan, rounds, trained):
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=rounds, plan=plan))
+    results = run_simulation(experiment, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == trained  # one line per site trained in each runtime round
+    assert all(line["aggregation_weight"] > 0 for line in lines)
+    assert results["overall"]["n_cases"] == 6
+    assert (tmp_path / "run" / "checkpoints" / f"global_round_{experiment.runtime_rounds - 1:03d}.pt").exists()

@@ -22,7 +22,7 @@ def test_minimal_file_gets_defaults_and_paths_relative_to_the_file(tmp_path):
     assert experiment.name == "exp" and experiment.seed == 0
     assert experiment.sites[0].path == (tmp_path / "data" / "a").resolve()
     assert str(experiment.sites[1].path) == "/abs/b" and experiment.sites[1].shard == (1, 3)
-    assert experiment.federation.plan == "fedavg" and experiment.training.loss == "dice_ce"
+    assert experiment.plan == {"name": "fedavg"} and experiment.training.loss == "dice_ce"
     assert experiment.task.class_names == ["background", "organ"]
 
 
@@ -41,7 +41,11 @@ def test_resolved_experiment_round_trips_through_toml(tmp_path):
     ({"training": {"lr": "fast"}}, "[training] lr = 'fast' has the wrong type"),
     ({"training": {"loss": "focal"}}, "training.loss must be one of"),
     ({"federation": {"rounds": 0}}, "rounds must be >= 1"),
-    ({"federation": {"plan": "magic"}}, "plan must be one of"),
+    ({"plan": {"name": "magic"}}, "[plan] plan must be one of"),
+    ({"plan": {"name": "fedavg", "proximal_mu": 0.1}}, "[plan] unknown option 'proximal_mu' for plan 'fedavg'"),
+    ({"plan": {"name": "cyclic", "cycles": 2}}, "cycles is set by [federation] rounds"),
+    ({"plan": {"name": "fedavg", "min_sites": 3}}, "min_sites is 3 but only 2 site(s)"),
+    ({"plan": {"name": "fedavg", "weighted_by": "val_loss"}}, "weighted_by must be one of"),
     ({"model": {"name": "ViT"}}, "model.name must be one of"),
     ({"preprocessing": {"intensity": "clip_rescale"}}, "preprocessing.clip must be [lower, upper]"),
     ({"preprocessing": {"patch_size": [32, 32]}}, "patch_size has 2 values but the task is 3D"),

@@ -73,7 +73,7 @@ def _run(experiment, out: Path, resume: bool) -> dict:
     from fedseg.simulate import run_simulation
 
     console.print(f"[bold]{escape(experiment.name)}[/]: {len(experiment.sites)} sites, "
-                  f"{experiment.federation.rounds} rounds of {experiment.federation.plan}, "
+                  f"{experiment.federation.rounds} rounds of {experiment.plan['name']}, "
                   f"arms: {', '.join(experiment.arms)}; reading and checking the data ...")
     results = run_simulation(experiment, out, resume=resume,
                              progress=lambda arm, rounds, n: ProgressObserver(console, rounds, n, label=arm))

@@ -27,5 +27,6 @@ def demo_experiment(data_dir: Path, rounds: int | None = None, n_cases: int | No
         "preprocessing": {"intensity": "percentile_rescale", "flip": True, "rotate90": True},
         "model": {"name": "UNet", "channels": [16, 32, 64, 128], "num_res_units": 1},
         "training": {"loss": "dice_ce", "lr": 2e-3, "batch_size": 8, "local_epochs": 2},
-        "federation": {"rounds": rounds or DEMO_ROUNDS, "plan": "fedavg"},
+        "federation": {"rounds": rounds or DEMO_ROUNDS},
+        "plan": {"name": "fedavg"},
     })

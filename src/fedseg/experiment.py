@@ -24,9 +24,10 @@ from fedseg.data.splits import SplitFractions
 from fedseg.data.task import Task
 from fedseg.errors import UserError
 from fedseg.models.registry import ModelConfig
+from fedseg.plans.base import ComputePlan
+from fedseg.plans.registry import build_plan, runtime_rounds
 from fedseg.training.trainer import TrainingConfig
 
-PLANS = ("fedavg",)
 
 
 class ConfigError(UserError):
@@ -36,8 +37,7 @@ class ConfigError(UserError):
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = 10
-    plan: str = "fedavg"
-    weighted_by: str = "n_samples"
+    """Rounds of the averaging plans; for ``cyclic``, full cycles through the sites."""
     validate_global: bool = True
     """Evaluate the global model on each site's validation cases after every round."""
     fine_tune_epochs: int = 0
@@ -48,8 +48,6 @@ class FederationConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.fine_tune_epochs < 0:
             raise ValueError(f"fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}")
-        if self.plan not in PLANS:
-            raise ValueError(f"plan must be one of {PLANS}, got '{self.plan}'")
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,8 @@ class Experiment:
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
     arms: tuple[str, ...] = ("federated",)
+    plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    """``name`` of the compute plan and its plan-specific options (``[plan]`` table)."""
     source: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,8 +72,19 @@ class Experiment:
         for section in ("task", "splits", "preprocessing", "model", "training", "federation"):
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
+        data["plan"] = dict(self.plan)
         data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard}) for s in self.sites]
         return data
+
+    def compute_plan(self) -> ComputePlan:
+        """A fresh compute plan for this experiment's sites."""
+        return experiment_plan(self.plan, self.seed, [s.name for s in self.sites], self.training,
+                               self.federation.rounds)
+
+    @property
+    def runtime_rounds(self) -> int:
+        """Rounds the runtime runs: ``federation.rounds``, or cycles x sites for cyclic transfer."""
+        return runtime_rounds(self.plan["name"], self.federation.rounds, len(self.sites))
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -81,7 +92,7 @@ class Experiment:
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
             "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig}
-TOP_LEVEL = {"name", "seed", "sites", "arms", *SECTIONS}
+TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", *SECTIONS}
 ARMS = ("federated", "standalone", "centralized")
 
 
@@ -122,7 +133,32 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
     arms = data.get("arms", ["federated"])
     if not (isinstance(arms, list) and arms and set(arms) <= set(ARMS) and len(set(arms)) == len(arms)):
         raise ConfigError(f"{where}: arms must be a non-empty list of distinct values from {list(ARMS)}, got {arms!r}")
-    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), source=source, **sections)
+    plan = _plan(data.get("plan", {}), seed, sites, sections, where)
+    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), plan=plan, source=source,
+                      **sections)
+
+
+def _plan(table: Any, seed: int, sites: tuple[SiteSpec, ...], sections: dict, where: str) -> dict[str, Any]:
+    """The ``[plan]`` table, checked by building the plan once for these sites."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [plan] must be a table with a name, e.g. [plan] name = \"fedavg\"")
+    plan = {"name": "fedavg", **table}
+    if "cycles" in plan:
+        raise ConfigError(f"{where}: [plan] cycles is set by [federation] rounds (the number of cycles); remove it")
+    try:
+        experiment_plan(plan, seed, [s.name for s in sites], sections["training"], sections["federation"].rounds)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [plan] {exc}") from None
+    return plan
+
+
+def experiment_plan(plan: dict[str, Any], seed: int, site_names: list[str], training: TrainingConfig,
+                    rounds: int) -> ComputePlan:
+    """The compute plan an experiment's ``[plan]`` table describes (for cyclic: ``rounds`` cycles)."""
+    options = {k: v for k, v in plan.items() if k != "name"}
+    if plan["name"] == "cyclic":
+        options["cycles"] = rounds
+    return build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options)
 
 
 def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:

@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomic(path: Path, write) -> None:
     """Call ``write(handle)`` on a temporary binary file beside ``path``, then rename it over."""
@@ -20,6 +23,7 @@ def write_atomic(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,19 +21,11 @@ from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, 
 from fedseg.evaluation.results import summarise_model
 from fedseg.evaluation.statistics import paired_comparisons
 from fedseg.experiment import Experiment, parse_experiment
-from fedseg.plans.base import ComputePlan
-from fedseg.plans.fedavg import FedAvg
 from fedseg.report.markdown import write_report
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.training.weights import get_weights
 from fedseg.types import Weights
-
-
-def build_plan(experiment: Experiment) -> ComputePlan:
-    federation, training = experiment.federation, experiment.training
-    return FedAvg(seed=experiment.seed, local_epochs=training.local_epochs, local_steps=training.local_steps,
-                  weighted_by=federation.weighted_by)
 
 
 def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
@@ -66,7 +58,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     runner = ArmRunner(experiment, datasets, run_dir, initial_weights(experiment), resume, progress)
     models: dict[str, Weights] = {}
     if "federated" in experiment.arms:
-        models.update(runner.federated(build_plan(experiment), experiment.federation.rounds))
+        models.update(runner.federated(experiment.compute_plan(), experiment.runtime_rounds))
     if "standalone" in experiment.arms:
         models.update(runner.standalone())
     if "centralized" in experiment.arms:

@@ -1,1 +1,1 @@
-"""What a researcher reads: report.md with figures, built only from the run directory."""
+"""What a researcher reads: report.md, its figures and a self-contained report.html, from the run directory."""

@@ -1,41 +1,28 @@
-"""Figures for the report (matplotlib, no display needed)."""
+"""What every report figure shares: a display-free backend, colours, saving."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 110
 
 
-def learning_curves(records: list[dict], path: Path) -> Path:
-    """Training loss and validation Dice per site and round, side by side."""
-    series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        for key in ("train_loss", "val_dice", "global_val_dice"):
-            if record.get(key) is not None:
-                series[key][record["site"]].append((record["round"] + 1, record[key]))
-    panels = [("train_loss", "local training loss"), ("global_val_dice", "global model, validation Dice"),
-              ("val_dice", "after local training, validation Dice")]
-    panels = [(key, title) for key, title in panels if series[key]]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for axis, (key, title) in zip(axes[0], panels):
-        for site, points in sorted(series[key].items()):
-            rounds, values = zip(*sorted(points))
-            axis.plot(rounds, values, marker="o", markersize=3, label=site)
-        axis.set_title(title)
-        axis.set_xlabel("round")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-        if "dice" in key:
-            axis.set_ylim(0, 1)
-    axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
+def palette(names: list[str]) -> dict[str, tuple]:
+    """A distinct colour per name, stable for the same list (tab10, tab20 beyond ten names)."""
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    if len(names) > len(colours):
+        colours = [plt.get_cmap("turbo")(i / max(len(names) - 1, 1)) for i in range(len(names))]
+    return {name: colours[i] for i, name in enumerate(names)}
+
+
+def save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(figure)
     return path

@@ -1,67 +1,81 @@
-"""report.md: settings, learning curves and test results of a run, from its run directory."""
+"""report.md (and report.html from it): settings, results and figures of a run, from its run directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedseg.report.figures import learning_curves
-from fedseg.runtime.run_directory import RunDirectory
+from fedseg.evaluation.cross_site import cross_site_matrix, failures
+from fedseg.files import write_text_atomic
+from fedseg.report import sections
+from fedseg.report.cross_site_figures import dice_boxplot, dice_heatmap
+from fedseg.report.curves import learning_curves
+from fedseg.report.html import write_html
+from fedseg.report.protocol import protocol, timing
+from fedseg.report.run_inputs import RunInputs, read_run
 
 
 def write_report(root: Path) -> Path:
-    run_dir = RunDirectory(root)
-    records = run_dir.read_metrics()
-    results = run_dir.read_json("results.json")
-    experiment = (run_dir.root / "experiment.toml").read_text()
-    curve = learning_curves(records, run_dir.figures / "learning_curve.png")
+    """Write ``report.md``, its figures under ``figures/`` and ``report.html``; return the path of report.md."""
+    run = read_run(root)
+    results = run.results
     lines = [
-        f"# fedseg run: {results.get('experiment', run_dir.root.name)}",
+        f"# fedseg run: {results.get('experiment', run.root.name)}",
         "",
-        f"Model evaluated: **{results['model']}** after {results.get('rounds', '?')} rounds; "
-        f"wall time {results.get('wall_time_s', 0):.1f} s "
-        f"(site training {results.get('train_seconds', 0):.1f} s).",
+        protocol(run.experiment, results),
         "",
-        "## Test Dice of the global model",
+        timing(results) + " The experiment file as run is at the end of this report.",
         "",
-        *results_table(results),
+        f"## Test Dice of the headline model, {results['model']}",
+        "",
+        *sections.headline_table(results, run.records),
         "",
         "Dice is computed per test case on the whole preprocessed image (sliding-window inference when "
         "training on patches) and averaged over foreground classes; the table gives mean ± sd over cases.",
         "",
-        "## Learning curves",
-        "",
-        f"![learning curves]({curve.relative_to(run_dir.root)})",
-        "",
+        *_cross_site(run),
+        *_learning_curves(run),
         "## Experiment as run",
         "",
         "```toml",
-        experiment.rstrip(),
+        run.experiment_toml.rstrip(),
         "```",
         "",
     ]
-    path = run_dir.root / "report.md"
-    path.write_text("\n".join(lines))
+    path = run.root / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    write_html(path)
     return path
 
 
-def results_table(results: dict) -> list[str]:
-    rows = dict(results["sites"], overall=results["overall"])
-    classes = list(results["overall"]["dice_per_class"])
-    header = ["site", "test cases", "mean Dice", *[f"Dice {c}" for c in classes]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for site, summary in rows.items():
-        cells = [f"**{site}**" if site == "overall" else site, str(summary["n_cases"]),
-                 _mean_sd(summary["mean_dice"], summary["sd_dice"]),
-                 *[_number(summary["dice_per_class"].get(c)) for c in classes]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def _cross_site(run: RunInputs) -> list[str]:
+    """Every model on every site: tables, figures, paired tests and failures; smaller with one model."""
+    if not run.records:
+        return []
+    models = run.results.get("models") or list(cross_site_matrix(run.records)["rows"])
+    boxes = _figure(run, dice_boxplot(run.records, run.root / "figures" / "dice_boxplot.png"), "per-case Dice")
+    if len(models) == 1:
+        return ["## Test metrics per site", "", *sections.single_model_table(run.records), *boxes,
+                "## Failures", "", *sections.failure_lines(failures(run.records))]
+    heatmap = dice_heatmap(cross_site_matrix(run.records), run.root / "figures" / "cross_site_dice.png")
+    lines = ["## Every model on every site", "",
+             f"The {len(models)} models ({', '.join(models)}) each tested on every site's test cases; columns are "
+             "the sites whose test cases were used, `overall` pools all of them.", "",
+             *_figure(run, heatmap, "cross-site mean Dice"), *sections.matrix_tables(run.records),
+             "### Per-case Dice", "", *boxes]
+    if run.results.get("comparisons"):
+        lines += ["## Statistics", "", *sections.statistics(run.results["comparisons"])]
+    return [*lines, "## Failures", "", *sections.failure_lines(failures(run.records))]
 
 
-def _mean_sd(mean, sd) -> str:
-    return "n/a" if mean is None else f"{mean:.3f} ± {sd:.3f}"
+def _learning_curves(run: RunInputs) -> list[str]:
+    path = learning_curves(run.runs, run.root / "figures" / "learning_curve.png")
+    if path is None:
+        return []
+    return ["## Learning curves", "",
+            "Per arm (row) and site (colour): the mean training loss of each round's local training, and the "
+            "validation Dice of the arm's model after each round (dashed, for a model trained across sites: "
+            "of each site's model right after its local training).", "", *_figure(run, path, "learning curves")]
 
 
-def _number(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
+def _figure(run: RunInputs, path: Path, alt: str) -> list[str]:
+    return [f"![{alt}]({path.relative_to(run.root).as_posix()})", ""]

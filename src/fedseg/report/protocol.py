@@ -1,0 +1,47 @@
+"""The top of the report: what was trained and compared, under which budget, and how long it took."""
+
+from __future__ import annotations
+
+
+def protocol(experiment: dict, results: dict) -> str:
+    """One paragraph from the experiment as run (``experiment.toml`` as a dict) and ``results.json``."""
+    training, federation = experiment.get("training", {}), experiment.get("federation", {})
+    arms = [_arm(arm, federation, len(experiment.get("sites", []))) for arm in experiment.get("arms", ["federated"])]
+    steps = training.get("local_steps")
+    budget = f"{steps} local optimisation steps" if steps else _count(training.get("local_epochs", 1), "local epoch")
+    settings = (f"model {experiment.get('model', {}).get('name', '?')}, loss {training.get('loss', '?')}, "
+                f"optimizer {training.get('optimizer', '?')} (lr {training.get('lr', '?')}), "
+                f"batch size {training.get('batch_size', '?')}, seed {experiment.get('seed', '?')}")
+    rounds = _count(federation.get("rounds", results.get("rounds", "?")), "round")
+    n_models = len(results.get("models", [results["model"]]))
+    if len(arms) == 1:
+        return (f"This run trained one arm, {arms[0]}: {rounds} of {budget} per site ({settings}). "
+                f"{'Its model' if n_models == 1 else f'Each of its {n_models} models'} was then tested on the "
+                "held-out test cases of every site.")
+    return (f"This run trained {len(arms)} arms: {'; '.join(arms)}. Every arm started from the same initial "
+            f"weights and ran {rounds} of {budget} per site, with the same preprocessing and settings ({settings}). "
+            f"Each of the {n_models} models was then tested on the held-out test cases of every site.")
+
+
+def _arm(arm: str, federation: dict, n_sites: int) -> str:
+    if arm == "federated":
+        text = f"**federated** ({federation.get('plan', 'fedavg')} over the {n_sites} sites → `FL_global`"
+        epochs = federation.get("fine_tune_epochs", 0)
+        if epochs:
+            text += (f", which each site then fine-tuned for {_count(epochs, 'epoch')} on its own data "
+                     "→ `FL_local_<site>`")
+        return text + ")"
+    if arm == "standalone":
+        return "**standalone** (one model per site, trained on that site's data only → `standalone_<site>`)"
+    if arm == "centralized":
+        return "**centralized** (one model trained on all sites' training data pooled → `centralized`)"
+    return f"**{arm}**"
+
+
+def timing(results: dict) -> str:
+    return (f"Wall time {results.get('wall_time_s', 0):.1f} s (training every arm, testing every model); "
+            f"training at the federated arm's sites took {results.get('train_seconds', 0):.1f} s summed over sites.")
+
+
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
