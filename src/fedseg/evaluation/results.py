@@ -22,13 +22,14 @@ def summarise_model(model: str, per_site: Mapping[str, list[CaseMetrics]]) -> di
 
 
 def summarise(cases: list[CaseMetrics]) -> dict[str, Any]:
-    """Mean and standard deviation of mean Dice, and mean Dice per class, over ``cases``."""
+    """Mean and sample standard deviation (as in the cross-site matrix) of mean Dice, and mean Dice
+    per class, over ``cases``."""
     means = np.array([c.mean_dice for c in cases], dtype=float)
     classes = list(cases[0].dice) if cases else []
     return {
         "n_cases": len(cases),
         "mean_dice": _nanstat(np.nanmean, means),
-        "sd_dice": _nanstat(np.nanstd, means),
+        "sd_dice": _nanstat(lambda v: np.nanstd(v, ddof=1), means) if np.isfinite(means).sum() > 1 else None,
         "dice_per_class": {k: _nanstat(np.nanmean, np.array([c.dice[k] for c in cases])) for k in classes},
     }
 
