@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from fedseg.data.dataset import SiteSpec
+from fedseg.data.dataset import SiteSpec, site_task
 from fedseg.data.preprocessing import Preprocessing
 from fedseg.data.splits import SplitFractions
 from fedseg.data.task import Task
@@ -73,7 +73,8 @@ class Experiment:
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
         data["plan"] = dict(self.plan)
-        data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard}) for s in self.sites]
+        data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard, "labels": s.labels})
+                         for s in self.sites]
         return data
 
     def compute_plan(self) -> ComputePlan:
@@ -123,6 +124,11 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
     sites = tuple(_site(entry, i, base, where) for i, entry in enumerate(data.get("sites", [])))
     if not sites:
         raise ConfigError(f"{where}: no sites; add [[sites]] tables with name and path")
+    for site in sites:
+        try:
+            site_task(site, sections["task"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [[sites]] {exc}") from None
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: site names must be unique, got {names}")
@@ -165,9 +171,12 @@ def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
     label = f"[[sites]] #{index + 1}"
     if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
         raise ConfigError(f"{where}: {label} needs name and path")
-    unknown = set(entry) - {"name", "path", "shard"}
+    unknown = set(entry) - {"name", "path", "shard", "labels"}
     if unknown:
-        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: name, path, shard")
+        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: name, path, shard, labels")
+    labels = entry.get("labels")
+    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values())):
+        raise ConfigError(f"{where}: {label} labels must map class names to integer values, got {labels!r}")
     shard = entry.get("shard")
     if shard is not None:
         if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)
@@ -175,7 +184,7 @@ def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
             raise ConfigError(f"{where}: {label} shard must be [index, count] with 0 <= index < count, got {shard}")
         shard = tuple(shard)
     path = Path(str(entry["path"])).expanduser()
-    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard)
+    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard, labels)
 
 
 def _build(cls: type, table: Any, section: str, where: str):

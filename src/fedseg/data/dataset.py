@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import Dataset, list_data_collate
 from monai.data.meta_tensor import MetaTensor
@@ -25,11 +26,27 @@ from fedseg.data.task import Task
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """Where a site's data lives; ``shard = (index, count)`` takes one part of a pooled folder."""
+    """Where a site's data lives; ``shard = (index, count)`` takes one part of a pooled folder.
+
+    ``labels`` declares a site that annotates only some of the task's classes (partial labels):
+    class name -> value in this site's label files, names from the task, background included.
+    """
 
     name: str
     path: Path
     shard: tuple[int, int] | None = None
+    labels: dict[str, int] | None = None
+
+
+def site_task(spec: SiteSpec, task: Task) -> Task:
+    """The task as this site's label files encode it (its own values for its annotated classes)."""
+    if spec.labels is None:
+        return task
+    unknown = set(spec.labels) - set(task.labels)
+    if unknown or task.class_names[0] not in spec.labels:
+        raise ValueError(f"site '{spec.name}' labels must name classes of the task {task.class_names}, "
+                         f"the background '{task.class_names[0]}' included; got {spec.labels}")
+    return Task(dict(spec.labels), task.spatial_dims, task.in_channels)
 
 
 class SiteDataset:
@@ -40,6 +57,9 @@ class SiteDataset:
         self.name = spec.name
         self.task = task
         self.preprocessing = preprocessing
+        own = site_task(spec, task)
+        self.annotated = [task.class_names.index(name) for name in own.class_names]
+        """Task class indices this site annotates (all of them unless the site declares labels)."""
         cases = discover_cases(spec.name, spec.path)
         if spec.shard is not None:
             cases = shard_cases(cases, *spec.shard, seed=seed)
@@ -50,7 +70,7 @@ class SiteDataset:
         loaded: dict[str, list[LoadedCase]] = {s: [] for s in SPLITS}
         for split, split_cases in by_split.items():
             for case in split_cases:
-                result, case_problems = load_case(case, task)
+                result, case_problems = load_case(case, own)
                 problems.extend(case_problems)
                 if result is not None:
                     loaded[split].append(result)
@@ -59,7 +79,8 @@ class SiteDataset:
 
         prepare = deterministic_transforms(preprocessing, task.spatial_dims, divisible_by)
         self.cases: dict[str, list[dict]] = {
-            split: [_cacheable(prepare(_as_dict(c))) for c in items] for split, items in loaded.items()
+            split: [_cacheable(prepare(_as_dict(c, self.annotated))) for c in items]
+            for split, items in loaded.items()
         }
         self._augment = random_transforms(preprocessing, task.spatial_dims)
         self._check_uniform_size()
@@ -73,6 +94,10 @@ class SiteDataset:
         first = sites[0]
         pooled = cls.__new__(cls)
         pooled.name, pooled.task, pooled.preprocessing = name, first.task, first.preprocessing
+        if any(site.annotated != first.annotated for site in sites):
+            raise ValueError("pooling sites with different annotated classes is not supported: "
+                             "drop the 'centralized' arm for partially labelled federations")
+        pooled.annotated = first.annotated
         pooled.cases = {split: [{**case, "case": f"{site.name}/{case['case']}"}
                                 for site in sites for case in site.cases[split]] for split in SPLITS}
         pooled._augment = random_transforms(first.preprocessing, first.task.spatial_dims)
@@ -112,11 +137,13 @@ class SiteDataset:
             )])
 
 
-def _as_dict(case: LoadedCase) -> dict:
+def _as_dict(case: LoadedCase, annotated: list[int]) -> dict:
+    """MONAI's dict form, with the site's class indices mapped to the task's."""
     affine = torch.as_tensor(case.image.affine, dtype=torch.float64)
+    label = np.asarray(annotated, dtype=np.uint8)[case.label]
     return {
         "image": MetaTensor(torch.from_numpy(case.image.array), affine=affine),
-        "label": MetaTensor(torch.from_numpy(case.label[None]), affine=affine),
+        "label": MetaTensor(torch.from_numpy(label[None]), affine=affine),
         "case": case.case.name,
     }
 

@@ -68,8 +68,12 @@ def bbox_coverage_per_class(prediction: torch.Tensor, truth: torch.Tensor, n_cla
 
 
 def case_metrics(case: str, prediction: torch.Tensor, truth: torch.Tensor, class_names: list[str],
-                 spacing: tuple[float, ...], with_distances: bool = True) -> CaseMetrics:
-    """All per-case metrics of one prediction; ``class_names`` include the background first."""
+                 spacing: tuple[float, ...], with_distances: bool = True,
+                 scored: list[int] | None = None) -> CaseMetrics:
+    """All per-case metrics of one prediction; ``class_names`` include the background first.
+
+    Classes outside ``scored`` (not annotated at the case's site) get nan: their truth is unknown.
+    """
     n_classes = len(class_names)
     names = class_names[1:]
     dice = dict(zip(names, dice_per_class(prediction, truth, n_classes)))
@@ -77,4 +81,9 @@ def case_metrics(case: str, prediction: torch.Tensor, truth: torch.Tensor, class
     coverage = dict(zip(names, bbox_coverage_per_class(prediction, truth, n_classes)))
     failed = [name for index, name in enumerate(names, start=1)
               if bool((truth == index).any()) and not bool((prediction == index).any())]
+    for index, name in enumerate(names, start=1):
+        if scored is not None and index not in scored:
+            for values in (dice, hd95, coverage):
+                if name in values:
+                    values[name] = float("nan")
     return CaseMetrics(case, dice, hd95, coverage, failed)

@@ -82,7 +82,7 @@ class SiteTrainer:
         self.config = config
         self.device = torch.device(config.device)
         self.network = build_site_network(model, data.task, config.loss).to(self.device)
-        self.loss = build_loss(config.loss, data.task.n_classes)
+        self.loss = build_loss(config.loss, data.task.n_classes, data.annotated).to(self.device)
         self.roi_size = data.preprocessing.patch_size
         self.state_dir = state_dir
         self._optimizer: torch.optim.Optimizer | None = None
@@ -181,7 +181,7 @@ class SiteTrainer:
                                         self.roi_size, self.config.sw_batch_size, self.config.sw_overlap)
             spacing = case["spacing"] or (1.0,) * self.data.task.spatial_dims
             results.append(case_metrics(case["case"], prediction.cpu(), case["label"], class_names, spacing,
-                                        with_distances))
+                                        with_distances, scored=self.data.annotated))
         return results
 
 
