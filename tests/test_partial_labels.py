@@ -92,3 +92,5 @@ def test_site_labels_must_name_task_classes(tmp_path):
         parse_experiment(config)
     config["sites"][0]["labels"] = {"background": 0, "core": 4}
     assert parse_experiment(config).sites[0].labels == {"background": 0, "core": 4}
+    with pytest.raises(ConfigError, match="'centralized' arm pools all sites' labels"):
+        parse_experiment({**config, "arms": ["federated", "centralized"]})

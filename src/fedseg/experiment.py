@@ -139,6 +139,9 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
     arms = data.get("arms", ["federated"])
     if not (isinstance(arms, list) and arms and set(arms) <= set(ARMS) and len(set(arms)) == len(arms)):
         raise ConfigError(f"{where}: arms must be a non-empty list of distinct values from {list(ARMS)}, got {arms!r}")
+    if "centralized" in arms and any(site.labels is not None for site in sites):
+        raise ConfigError(f"{where}: the 'centralized' arm pools all sites' labels, which needs every site "
+                          "fully annotated: remove 'centralized' from arms or the sites' labels tables")
     plan = _plan(data.get("plan", {}), seed, sites, sections, where)
     return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), plan=plan, source=source,
                       **sections)
