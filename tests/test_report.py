@@ -12,7 +12,8 @@ from tiny_experiment import tiny_experiment
 
 SITES = ("hospital_a", "hospital_b", "hospital_c")
 MODELS = ["FL_global", *[f"FL_local_{s}" for s in SITES], *[f"standalone_{s}" for s in SITES], "centralized"]
-FIGURES = ("cross_site_dice.png", "dice_boxplot.png", "learning_curve.png")
+FIGURES = ("cross_site_dice.png", "dice_boxplot.png", "learning_curve.png",
+           "examples_hospital_a.png", "examples_hospital_b.png", "examples_hospital_c.png")
 
 
 @pytest.fixture(scope="module")
@@ -89,4 +90,4 @@ def test_a_single_model_report_has_no_comparisons(federated_only):
     assert "| HD95 (mm) |" in report and "## Failures" in report
     assert not (federated_only / "figures" / "cross_site_dice.png").exists()
     page = (federated_only / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # box plot and learning curves
+    assert page.count("data:image/png;base64,") == 5  # box plot, learning curves, 3 sites' examples

@@ -22,6 +22,7 @@ from fedseg.evaluation.results import summarise_model
 from fedseg.evaluation.statistics import paired_comparisons
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.report.markdown import write_report
+from fedseg.report.overlays import overlay_figure, pick_examples
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.training.weights import get_weights
@@ -73,6 +74,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
         if model == headline:
             results = summarise_model(model, per_site)
     write_cross_site_csv(records, run_dir.root / "cross_site.csv")
+    _draw_examples(run_dir, headline, models[headline], evaluators, results)
     results.update(
         experiment=experiment.name, rounds=experiment.federation.rounds, arms=list(experiment.arms),
         models=list(models), matrix=cross_site_matrix(records), failures=failures(records),
@@ -82,6 +84,16 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     run_dir.write_json("results.json", results)
     write_report(run_dir.root)
     return results
+
+
+def _draw_examples(run_dir: RunDirectory, model: str, weights: Weights, evaluators: dict[str, SiteTrainer],
+                   results: dict[str, Any]) -> None:
+    """Best, median and worst test case of each site under the headline model, as pictures."""
+    for site, trainer in evaluators.items():
+        examples = [(which, case["case"], case["mean_dice"], *trainer.predict_case(weights, case["case"]))
+                    for which, case in pick_examples(results["sites"][site]["cases"])]
+        if examples:
+            overlay_figure(site, model, examples, run_dir.figures / f"examples_{site}.png")
 
 
 def _prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool) -> None:

@@ -33,6 +33,7 @@ def write_report(root: Path) -> Path:
         "training on patches) and averaged over foreground classes; the table gives mean ± sd over cases.",
         "",
         *_cross_site(run),
+        *_examples(run),
         *_learning_curves(run),
         "## Experiment as run",
         "",
@@ -75,6 +76,18 @@ def _learning_curves(run: RunInputs) -> list[str]:
             "Per arm (row) and site (colour): the mean training loss of each round's local training, and the "
             "validation Dice of the arm's model after each round (dashed, for a model trained across sites: "
             "of each site's model right after its local training).", "", *_figure(run, path, "learning curves")]
+
+
+def _examples(run: RunInputs) -> list[str]:
+    """Overlay pictures written with the run (``figures/examples_<site>.png``), one per site."""
+    paths = sorted((run.root / "figures").glob("examples_*.png"))
+    if not paths:
+        return []
+    lines = ["## Examples", "", f"Image, truth and {run.results['model']}'s prediction for each site's best, "
+             "median and worst test case by mean Dice (3D: the slice with the most truth).", ""]
+    for path in paths:
+        lines.extend(_figure(run, path, f"examples of {path.stem.removeprefix('examples_')}"))
+    return lines
 
 
 def _figure(run: RunInputs, path: Path, alt: str) -> list[str]:

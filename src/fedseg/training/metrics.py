@@ -33,8 +33,9 @@ def hd95_per_class(prediction: torch.Tensor, truth: torch.Tensor, n_classes: int
     """
     pred = one_hot(prediction[None].long(), n_classes)
     true = one_hot(truth[None].long(), n_classes)
-    with warnings.catch_warnings():  # MONAI warns about empty masks; they are handled below
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # MONAI warns about empty masks (handled below) and about an
+        warnings.simplefilter("ignore", UserWarning)  # argument its own code still passes (1.6)
+        warnings.simplefilter("ignore", FutureWarning)
         distances = compute_hausdorff_distance(pred, true, include_background=False, percentile=95,
                                                spacing=list(spacing))[0]
     values = []

@@ -150,6 +150,14 @@ class SiteTrainer:
         set_weights(self.network, weights)
         return self._evaluate_loaded(split, with_distances=split == "test")
 
+    def predict_case(self, weights: Weights, case: str, split: str = "test") -> tuple[np.ndarray, ...]:
+        """(image, truth, prediction) of one preprocessed case as arrays, for pictures of results."""
+        set_weights(self.network, weights)
+        item = next(c for c in self.data.cases[split] if c["case"] == case)
+        prediction = predict_labels(self.network, item["image"].to(self.device), self.config.loss, self.roi_size,
+                                    self.config.sw_batch_size, self.config.sw_overlap)
+        return item["image"][0].numpy(), item["label"][0].numpy(), prediction[0].cpu().numpy()
+
     def _batches(self, config: RoundConfig):
         """The round's batches: the round config's steps or epochs, else the training config's."""
         loader = self.data.train_loader(self.config.batch_size, config.seed)
