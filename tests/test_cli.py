@@ -76,3 +76,25 @@ def test_full_demo_reaches_a_dice_that_shows_learning(tmp_path, output):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["overall"]["mean_dice"] > 0.8
     assert all(site["mean_dice"] > 0.6 for site in results["sites"].values())
+
+
+def test_compare_pairs_the_models_of_two_runs(tmp_path, output):
+    config = tiny_experiment(tmp_path, rounds=1)
+    paths = {}
+    for name, plan in (("fedavg", {"name": "fedavg"}), ("cyclic", {"name": "cyclic"})):
+        paths[name] = tmp_path / f"{name}.toml"
+        paths[name].write_text(tomli_w.dumps({**config, "plan": plan}))
+        assert cli.main(["simulate", str(paths[name]), "--out", str(tmp_path / name)]) == 0
+    out = tmp_path / "compare.md"
+    assert cli.main(["compare", str(tmp_path / "cyclic"), str(tmp_path / "fedavg"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Paired comparisons against cyclic/FL_global" in text
+    assert "| cyclic/FL_global − fedavg/FL_global | overall | 6 |" in text
+    assert "cyclic/FL_global" in output.getvalue()
+
+    other = tiny_experiment(tmp_path / "other", rounds=1)
+    other["seed"] = 99  # other splits: nothing to pair
+    (tmp_path / "other.toml").write_text(tomli_w.dumps(other))
+    assert cli.main(["simulate", str(tmp_path / "other.toml"), "--out", str(tmp_path / "reseeded")]) == 0
+    assert cli.main(["compare", str(tmp_path / "fedavg"), str(tmp_path / "reseeded")]) == 1
+    assert "not scored on the same test cases" in output.getvalue()

@@ -1,4 +1,4 @@
-"""``fedseg`` command line: demo, simulate, data check, report."""
+"""``fedseg`` command line: demo, simulate, data check, compare, report."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--labels", help="declared label values, e.g. background=0,liver=1")
     check.add_argument("--dims", type=int, choices=(2, 3), help="spatial dimensions (default: from the files)")
     check.set_defaults(handler=_data_check)
+
+    compare = commands.add_parser("compare", help="paired comparison of the models of several runs")
+    compare.add_argument("run_dirs", type=Path, nargs="+", help="finished run directories (same data and seed)")
+    compare.add_argument("--reference", help="model to compare the others against, as RUN/MODEL "
+                                             "(default: the first run's first model)")
+    compare.add_argument("--out", type=Path, help="also write the comparison to this Markdown file")
+    compare.set_defaults(handler=_compare)
 
     report = commands.add_parser("report", help="(re)write report.md of a run directory")
     report.add_argument("run_dir", type=Path)
@@ -128,6 +135,16 @@ def _parse_labels(text: str) -> dict[str, int]:
     except ValueError as exc:
         raise UserError(f"--labels: {exc}") from None
     return labels
+
+
+def _compare(args) -> int:
+    from fedseg.compare import comparison_report
+
+    text = comparison_report(args.run_dirs, args.reference)
+    console.print(text, highlight=False, markup=False)
+    if args.out:
+        args.out.write_text(text)
+    return 0
 
 
 def _report(args) -> int:
