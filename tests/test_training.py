@@ -196,3 +196,26 @@ def test_fine_tune_trains_the_given_epochs_with_a_fresh_optimizer(tmp_path):
     update = trainer.fine_tune(start, epochs=3, seed=0)
     assert update.metrics["steps"] == 6  # 2 training cases, batch 1, 3 epochs (local_steps ignored)
     assert any(not np.array_equal(start[k], update.weights[k]) for k in start)
+
+
+def test_recontrast_inverts_a_sites_intensities_and_keeps_its_labels(tmp_path):
+    from fedseg.data.acquisition import recontrast
+
+    image = np.array([[0.0, 10.0], [20.0, 100.0]], dtype=np.float32)
+    inverted = recontrast(image, "invert")
+    assert inverted.dtype == np.float32 and inverted.argmax() == image.argmin()
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    np.testing.assert_allclose(inverted, lo + hi - np.clip(image, lo, hi), rtol=1e-6)
+    with pytest.raises(ValueError, match="recontrast must be one of"):
+        recontrast(image, "t2")
+
+    write_spheres(tmp_path / "site", n_cases=4)
+    task = Task({"background": 0, "core": 1, "shell": 2}, spatial_dims=3)
+    plain, flipped = (SiteDataset(SiteSpec("s", tmp_path / "site", recontrast=kind), task,
+                                  Preprocessing(spatial_size=(16, 16, 16), intensity="none"),
+                                  SplitFractions(0.5, 0.0, 0.5), seed=0) for kind in (None, "invert"))
+    a, b = plain.cases["train"][0], flipped.cases["train"][0]
+    assert torch.equal(a["label"], b["label"])
+    core = a["label"][0] == 1
+    assert a["image"][0][core].mean() > a["image"][0][~core].mean()  # bright core ...
+    assert b["image"][0][core].mean() < b["image"][0][~core].mean()  # ... dark after inversion

@@ -18,6 +18,7 @@ from typing import Any
 
 import tomli_w
 
+from fedseg.data.acquisition import RECONTRASTS
 from fedseg.data.dataset import SiteSpec, site_task
 from fedseg.data.preprocessing import Preprocessing
 from fedseg.data.splits import SplitFractions
@@ -73,8 +74,8 @@ class Experiment:
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
         data["plan"] = dict(self.plan)
-        data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard, "labels": s.labels})
-                         for s in self.sites]
+        data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard, "labels": s.labels,
+                                 "recontrast": s.recontrast}) for s in self.sites]
         return data
 
     def compute_plan(self) -> ComputePlan:
@@ -174,9 +175,13 @@ def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
     label = f"[[sites]] #{index + 1}"
     if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
         raise ConfigError(f"{where}: {label} needs name and path")
-    unknown = set(entry) - {"name", "path", "shard", "labels"}
+    allowed = ("name", "path", "shard", "labels", "recontrast")
+    unknown = set(entry) - set(allowed)
     if unknown:
-        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: name, path, shard, labels")
+        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    if entry.get("recontrast") not in (None, *RECONTRASTS):
+        raise ConfigError(f"{where}: {label} recontrast must be one of {list(RECONTRASTS)}, "
+                          f"got {entry['recontrast']!r}")
     labels = entry.get("labels")
     if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values())):
         raise ConfigError(f"{where}: {label} labels must map class names to integer values, got {labels!r}")
@@ -187,7 +192,8 @@ def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
             raise ConfigError(f"{where}: {label} shard must be [index, count] with 0 <= index < count, got {shard}")
         shard = tuple(shard)
     path = Path(str(entry["path"])).expanduser()
-    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard, labels)
+    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard, labels,
+                    entry.get("recontrast"))
 
 
 def _build(cls: type, table: Any, section: str, where: str):

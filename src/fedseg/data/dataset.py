@@ -15,6 +15,7 @@ from monai.data import Dataset, list_data_collate
 from monai.data.meta_tensor import MetaTensor
 from torch.utils.data import DataLoader
 
+from fedseg.data.acquisition import recontrast
 from fedseg.data.errors import DataError, Problem
 from fedseg.data.loading import LoadedCase, load_case
 from fedseg.data.partition import shard_cases
@@ -36,6 +37,8 @@ class SiteSpec:
     path: Path
     shard: tuple[int, int] | None = None
     labels: dict[str, int] | None = None
+    recontrast: str | None = None
+    """Simulated acquisition difference applied to this site's images (see ``data.acquisition``)."""
 
 
 def site_task(spec: SiteSpec, task: Task) -> Task:
@@ -73,6 +76,8 @@ class SiteDataset:
                 result, case_problems = load_case(case, own)
                 problems.extend(case_problems)
                 if result is not None:
+                    if spec.recontrast:
+                        result.image.array = recontrast(result.image.array, spec.recontrast)
                     loaded[split].append(result)
         if problems:
             raise DataError(spec.name, problems)
