@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="also write the comparison to this Markdown file")
     compare.set_defaults(handler=_compare)
 
-    report = commands.add_parser("report", help="(re)write report.md of a run directory")
+    report = commands.add_parser("report", help="(re)write report.md and report.html of a run directory")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=_report)
     return parser
