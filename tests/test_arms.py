@@ -88,3 +88,34 @@ def test_every_plan_runs_from_the_experiment_file(tmp_path, plan, rounds, traine
     assert all(line["aggregation_weight"] > 0 for line in lines)
     assert results["overall"]["n_cases"] == 6
     assert (tmp_path / "run" / "checkpoints" / f"global_round_{experiment.runtime_rounds - 1:03d}.pt").exists()
+
+
+def test_a_crash_in_a_later_arm_resumes_there_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    from fedseg.training.trainer import SiteTrainer
+
+    config = tiny_experiment(tmp_path, rounds=2, arms=["federated", "standalone", "centralized"])
+    experiment = parse_experiment(config)
+    straight = run_simulation(experiment, tmp_path / "straight")
+
+    original = SiteTrainer.train
+
+    def crash_in_the_centralized_arm(self, weights, round_config):
+        if self.name == "centralized" and round_config.round == 1:
+            raise RuntimeError("power cut")
+        return original(self, weights, round_config)
+
+    monkeypatch.setattr(SiteTrainer, "train", crash_in_the_centralized_arm)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_simulation(experiment, tmp_path / "crashed")
+    monkeypatch.setattr(SiteTrainer, "train", original)
+    done_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "crashed" / "checkpoints").glob("*.pt")}
+    assert "standalone_hospital_c.pt" in done_before and "centralized.pt" not in done_before
+
+    resumed = run_simulation(experiment, tmp_path / "crashed", resume=True)
+    assert resumed["matrix"] == straight["matrix"]
+    for name in ("FL_global", "standalone_hospital_a", "centralized"):
+        a = torch.load(tmp_path / "straight" / "checkpoints" / f"{name}.pt", weights_only=True)
+        b = torch.load(tmp_path / "crashed" / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "crashed" / "checkpoints").glob("*.pt")}
+    assert all(after[n] == t for n, t in done_before.items())  # finished arms were not retrained
