@@ -119,3 +119,37 @@ def test_a_crash_in_a_later_arm_resumes_there_and_matches_an_uninterrupted_run(t
         assert all(torch.equal(a[k], b[k]) for k in a), name
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "crashed" / "checkpoints").glob("*.pt")}
     assert all(after[n] == t for n, t in done_before.items())  # finished arms were not retrained
+
+
+def test_k_fold_federations_are_evaluated_as_one_ensemble(tmp_path):
+    config = tiny_experiment(tmp_path, rounds=1, federation={"rounds": 1, "folds": 2, "fine_tune_epochs": 1})
+    experiment = parse_experiment(config)
+    results = run_simulation(experiment, tmp_path / "run")
+    names = sorted(p.stem for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert names == sorted(["FL_global_fold0", "FL_global_fold1",
+                            *[f"FL_local_{s}_fold{f}" for s in SITES for f in (0, 1)]])
+    assert results["models"] == ["FL_global", *[f"FL_local_{s}" for s in SITES]]
+    assert results["overall"]["n_cases"] == 6
+    for fold in (0, 1):  # each fold validates on its own held-out half of train+val
+        lines = [json.loads(x) for x in (tmp_path / "run" / "arms" / f"FL_global_fold{fold}" / "metrics.jsonl")
+                 .read_text().splitlines()]
+        assert [r["n_samples"] for r in lines] == [4, 4, 4]  # 8 train+val cases per site, half held out
+
+
+def test_ensemble_of_identical_members_predicts_like_one_model_and_folds_partition(tmp_path):
+    from fedseg.simulate import load_sites
+    from fedseg.training.trainer import SiteTrainer
+    from fedseg.training.weights import get_weights
+
+    experiment = parse_experiment(tiny_experiment(tmp_path))
+    data = load_sites(experiment)["hospital_a"]
+    trainer = SiteTrainer(data, experiment.model, experiment.training)
+    weights = get_weights(trainer.network)
+    assert [c.dice for c in trainer.evaluate([weights, weights])] == [c.dice for c in trainer.evaluate(weights)]
+
+    folds = [data.fold(i, 2, seed=0) for i in range(2)]
+    held_out = [{c["case"] for c in f.cases["val"]} for f in folds]
+    everything = {c["case"] for split in ("train", "val") for c in data.cases[split]}
+    assert held_out[0].isdisjoint(held_out[1]) and held_out[0] | held_out[1] == everything
+    assert all({c["case"] for c in f.cases["train"]} == everything - v for f, v in zip(folds, held_out))
+    assert folds[0].cases["test"] == data.cases["test"]

@@ -26,7 +26,7 @@ from fedseg.plans.fedavg import FedAvg
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.simulation import SimulationRuntime
 from fedseg.seeding import stable_seed
-from fedseg.training.trainer import SiteTrainer
+from fedseg.training.trainer import Model, SiteTrainer
 from fedseg.types import Weights
 
 ProgressFactory = Callable[[str, int, int], object]
@@ -42,17 +42,32 @@ class ArmRunner:
     resume: bool = False
     progress: ProgressFactory | None = None
 
-    def federated(self, plan: ComputePlan, rounds: int) -> dict[str, Weights]:
-        trainers = self._trainers(self.datasets, self.run_dir.root)
-        models = {"FL_global": self._train("FL_global", plan, trainers, rounds, self.run_dir)}
+    def federated(self, make_plan: Callable[[], ComputePlan], rounds: int) -> dict[str, Model]:
+        """FL_global (with ``federation.folds = k > 1``: the ensemble of k federations, each on
+        its own train/val re-split of every site, as Sarma et al.'s 5 averaged submodels) and,
+        with ``fine_tune_epochs``, each site's FL_local (one per ensemble member)."""
+        folds = self.experiment.federation.folds
+        members: list[tuple[Weights, dict[str, SiteTrainer]]] = []
+        for fold in range(folds):
+            if folds == 1:
+                name, arm_dir, datasets = "FL_global", self.run_dir, self.datasets
+            else:
+                name, arm_dir = f"FL_global_fold{fold}", self._arm_dir(f"FL_global_fold{fold}")
+                datasets = {site: data.fold(fold, folds, self.experiment.seed) for site, data in self.datasets.items()}
+            trainers = self._trainers(datasets, arm_dir.root)
+            members.append((self._train(name, make_plan(), trainers, rounds, arm_dir), trainers))
+        models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
         epochs = self.experiment.federation.fine_tune_epochs
-        if epochs:
-            for site, trainer in trainers.items():
-                name = f"FL_local_{site}"
-                models[name] = self._saved(name)
-                if models[name] is None:
-                    seed = stable_seed(self.experiment.seed, "fine_tune", site)
-                    models[name] = self._save(name, trainer.fine_tune(models["FL_global"], epochs, seed).weights)
+        for site in list(self.datasets) if epochs else []:
+            tuned = []
+            for fold, (weights, trainers) in enumerate(members):
+                name = f"FL_local_{site}" + (f"_fold{fold}" if folds > 1 else "")
+                saved = self._saved(name)
+                if saved is None:
+                    seed = stable_seed(self.experiment.seed, "fine_tune", site, fold)
+                    saved = self._save(name, trainers[site].fine_tune(weights, epochs, seed).weights)
+                tuned.append(saved)
+            models[f"FL_local_{site}"] = _one_or_all(tuned)
         return models
 
     def standalone(self) -> dict[str, Weights]:
@@ -104,3 +119,8 @@ class ArmRunner:
     def _save(self, name: str, weights: Weights) -> Weights:
         self.run_dir.save_model(name, weights)
         return weights
+
+
+def _one_or_all(members: list[Weights]) -> Model:
+    """A single model as itself, several as an ensemble."""
+    return members[0] if len(members) == 1 else members

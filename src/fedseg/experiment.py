@@ -43,10 +43,14 @@ class FederationConfig:
     """Evaluate the global model on each site's validation cases after every round."""
     fine_tune_epochs: int = 0
     """FL_local: after federated training each site fine-tunes the global model this many epochs."""
+    folds: int = 1
+    """k > 1: k federations on k train/val re-splits of every site; FL_global is their ensemble."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.folds < 1:
+            raise ValueError(f"folds must be >= 1, got {self.folds}")
         if self.fine_tune_epochs < 0:
             raise ValueError(f"fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}")
 

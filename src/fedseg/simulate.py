@@ -24,7 +24,7 @@ from fedseg.experiment import Experiment, parse_experiment
 from fedseg.report.markdown import write_report
 from fedseg.report.overlays import overlay_figure, pick_examples
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.training.trainer import SiteTrainer, build_site_network
+from fedseg.training.trainer import Model, SiteTrainer, build_site_network
 from fedseg.training.weights import get_weights
 from fedseg.types import Weights
 
@@ -57,9 +57,9 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     _prepare_run_dir(run_dir, experiment, resume)
     datasets = load_sites(experiment)
     runner = ArmRunner(experiment, datasets, run_dir, initial_weights(experiment), resume, progress)
-    models: dict[str, Weights] = {}
+    models: dict[str, Model] = {}
     if "federated" in experiment.arms:
-        models.update(runner.federated(experiment.compute_plan(), experiment.runtime_rounds))
+        models.update(runner.federated(experiment.compute_plan, experiment.runtime_rounds))
     if "standalone" in experiment.arms:
         models.update(runner.standalone())
     if "centralized" in experiment.arms:
@@ -86,7 +86,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     return results
 
 
-def _draw_examples(run_dir: RunDirectory, model: str, weights: Weights, evaluators: dict[str, SiteTrainer],
+def _draw_examples(run_dir: RunDirectory, model: str, weights: Model, evaluators: dict[str, SiteTrainer],
                    results: dict[str, Any]) -> None:
     """Best, median and worst test case of each site under the headline model, as pictures."""
     for site, trainer in evaluators.items():

@@ -6,6 +6,7 @@ together (DataError). Preprocessed cases are cached so epochs never re-read or r
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fedseg.data.preprocessing import Preprocessing, deterministic_transforms, r
 from fedseg.data.site import SPLITS, discover_cases
 from fedseg.data.splits import SplitFractions, assign_splits
 from fedseg.data.task import Task
+from fedseg.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,22 @@ class SiteDataset:
                                 for site in sites for case in site.cases[split]] for split in SPLITS}
         pooled._augment = random_transforms(first.preprocessing, first.task.spatial_dims)
         return pooled
+
+    def fold(self, index: int, count: int, seed: int) -> SiteDataset:
+        """This site with training and validation cases re-split for fold ``index`` of ``count``:
+        fold ``index`` of the pooled train+val cases validates, the rest trains (test unchanged)."""
+        pool = sorted(self.cases["train"] + self.cases["val"], key=lambda c: c["case"])
+        if not 0 <= index < count <= len(pool):
+            raise DataError(self.name, [Problem(Path(self.name), (
+                f"{count} folds need at least {count} training and validation cases, the site has "
+                f"{len(pool)}: lower federation.folds"))])
+        order = np.random.default_rng(stable_seed(seed, "fold", self.name, count)).permutation(len(pool))
+        held_out = {pool[i]["case"] for i in order[index::count]}
+        folded = copy.copy(self)
+        folded.cases = {"train": [c for c in pool if c["case"] not in held_out],
+                        "val": [c for c in pool if c["case"] in held_out], "test": self.cases["test"]}
+        folded._augment = random_transforms(self.preprocessing, self.task.spatial_dims)
+        return folded
 
     @property
     def n_train(self) -> int:

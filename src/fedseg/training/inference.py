@@ -6,13 +6,13 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from fedseg.training.losses import logits_to_labels
+from fedseg.training.losses import logits_to_probabilities
 
 
 @torch.no_grad()
-def predict_labels(network: nn.Module, image: torch.Tensor, loss: str, roi_size: tuple[int, ...] | None,
-                   sw_batch_size: int = 4, overlap: float = 0.25) -> torch.Tensor:
-    """Label map ``[1, *spatial]`` for one channel-first image ``[C, *spatial]``."""
+def predict_probabilities(network: nn.Module, image: torch.Tensor, loss: str, roi_size: tuple[int, ...] | None,
+                          sw_batch_size: int = 4, overlap: float = 0.25) -> torch.Tensor:
+    """Class probabilities ``[C, *spatial]`` for one channel-first image ``[C, *spatial]``."""
     network.eval()
     batch = image[None]
     if roi_size is None:
@@ -20,4 +20,4 @@ def predict_labels(network: nn.Module, image: torch.Tensor, loss: str, roi_size:
     else:
         logits = sliding_window_inference(batch, roi_size, sw_batch_size, network, overlap=overlap,
                                           mode="gaussian")
-    return logits_to_labels(torch.as_tensor(logits), loss)[0]
+    return logits_to_probabilities(torch.as_tensor(logits), loss)[0]

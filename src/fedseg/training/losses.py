@@ -30,13 +30,22 @@ def build_loss(loss: str, n_classes: int, annotated: list[int] | None = None) ->
     raise ValueError(f"training.loss must be one of {LOSSES}, got '{loss}'")
 
 
-def logits_to_labels(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Class index map ``[B, 1, *spatial]`` from network output ``[B, C, *spatial]``."""
+def logits_to_probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Softmax over classes, or a sigmoid per foreground channel for ``bce``."""
+    return torch.sigmoid(logits) if loss == "bce" else torch.softmax(logits, dim=1)
+
+
+def probabilities_to_labels(probabilities: torch.Tensor, loss: str) -> torch.Tensor:
+    """Class index map ``[B, 1, *spatial]`` from (possibly ensemble-averaged) probabilities."""
     if loss != "bce":
-        return logits.argmax(dim=1, keepdim=True)
-    probabilities = torch.sigmoid(logits)
+        return probabilities.argmax(dim=1, keepdim=True)
     best = probabilities.max(dim=1, keepdim=True)
     return torch.where(best.values > 0.5, best.indices + 1, torch.zeros_like(best.indices))
+
+
+def logits_to_labels(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Class index map ``[B, 1, *spatial]`` from network output ``[B, C, *spatial]``."""
+    return probabilities_to_labels(logits_to_probabilities(logits, loss), loss)
 
 
 class _ForegroundBCE(nn.Module):

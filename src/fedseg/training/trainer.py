@@ -21,13 +21,15 @@ from fedseg.data.dataset import SiteDataset
 from fedseg.data.task import Task
 from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
-from fedseg.training.inference import predict_labels
-from fedseg.training.losses import LOSSES, build_loss, output_channels
+from fedseg.training.inference import predict_probabilities
+from fedseg.training.losses import LOSSES, build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
 OPTIMIZERS = ("adam",)
+Model = Weights | list[Weights]
+"""One model's weights, or an ensemble's members."""
 OPTIMIZER_STATES = ("reset", "keep")
 
 
@@ -145,18 +147,40 @@ class SiteTrainer:
             return []
         return sorted(self.state_dir.glob("optimizer_round_*.pt"), key=_round_of)
 
-    def evaluate(self, weights: Weights, split: str = "test") -> list[CaseMetrics]:
-        """Per-case metrics on ``split``; distances (HD95) only for the test split, as they are slow."""
-        set_weights(self.network, weights)
-        return self._evaluate_loaded(split, with_distances=split == "test")
+    def evaluate(self, weights: Model, split: str = "test") -> list[CaseMetrics]:
+        """Per-case metrics on ``split``; distances (HD95) only for the test split, as they are slow.
 
-    def predict_case(self, weights: Weights, case: str, split: str = "test") -> tuple[np.ndarray, ...]:
+        ``weights`` may be a list: an ensemble whose members' probabilities are averaged.
+        """
+        cases = self.data.cases[split]
+        predictions = self._predict(weights, cases)
+        return [self._score(case, prediction, with_distances=split == "test")
+                for case, prediction in zip(cases, predictions)]
+
+    def predict_case(self, weights: Model, case: str, split: str = "test") -> tuple[np.ndarray, ...]:
         """(image, truth, prediction) of one preprocessed case as arrays, for pictures of results."""
-        set_weights(self.network, weights)
         item = next(c for c in self.data.cases[split] if c["case"] == case)
-        prediction = predict_labels(self.network, item["image"].to(self.device), self.config.loss, self.roi_size,
-                                    self.config.sw_batch_size, self.config.sw_overlap)
-        return item["image"][0].numpy(), item["label"][0].numpy(), prediction[0].cpu().numpy()
+        prediction = self._predict(weights, [item])[0]
+        return item["image"][0].numpy(), item["label"][0].numpy(), prediction[0].numpy()
+
+    def _predict(self, weights: Model | None, cases: list[dict]) -> list[torch.Tensor]:
+        """Label maps of ``cases``: one model's (None: the network as it is), or the argmax of an
+        ensemble's mean probabilities."""
+        members = weights if isinstance(weights, list) else [weights]
+        sums: list[torch.Tensor | None] = [None] * len(cases)
+        for member in members:
+            if member is not None:
+                set_weights(self.network, member)
+            for i, case in enumerate(cases):
+                p = predict_probabilities(self.network, case["image"].to(self.device), self.config.loss,
+                                          self.roi_size, self.config.sw_batch_size, self.config.sw_overlap).cpu()
+                sums[i] = p if sums[i] is None else sums[i] + p
+        return [probabilities_to_labels(s[None] / len(members), self.config.loss)[0] for s in sums]
+
+    def _score(self, case: dict, prediction: torch.Tensor, with_distances: bool) -> CaseMetrics:
+        spacing = case["spacing"] or (1.0,) * self.data.task.spatial_dims
+        return case_metrics(case["case"], prediction, case["label"], self.data.task.class_names, spacing,
+                            with_distances, scored=self.data.annotated)
 
     def _batches(self, config: RoundConfig):
         """The round's batches: the round config's steps or epochs, else the training config's."""
@@ -182,15 +206,10 @@ class SiteTrainer:
         return float(loss.detach())
 
     def _evaluate_loaded(self, split: str, with_distances: bool) -> list[CaseMetrics]:
-        class_names = self.data.task.class_names
-        results = []
-        for case in self.data.cases[split]:
-            prediction = predict_labels(self.network, case["image"].to(self.device), self.config.loss,
-                                        self.roi_size, self.config.sw_batch_size, self.config.sw_overlap)
-            spacing = case["spacing"] or (1.0,) * self.data.task.spatial_dims
-            results.append(case_metrics(case["case"], prediction.cpu(), case["label"], class_names, spacing,
-                                        with_distances, scored=self.data.annotated))
-        return results
+        """The current network on ``split`` (validation during training)."""
+        cases = self.data.cases[split]
+        return [self._score(case, prediction, with_distances)
+                for case, prediction in zip(cases, self._predict(None, cases))]
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
