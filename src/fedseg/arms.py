@@ -35,6 +35,8 @@ ProgressFactory = Callable[[str, int, int], object]
 
 @dataclass
 class ArmRunner:
+    """Trains an experiment's arms into one run directory, reusing finished models on resume."""
+
     experiment: Experiment
     datasets: dict[str, SiteDataset]
     run_dir: RunDirectory
