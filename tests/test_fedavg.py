@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedseg.plans.averaging import RunningAverage, weighted_average
+from fedseg.plans.averaging import RunningAverage
 from fedseg.plans.fedavg import FedAvg
 from fedseg.types import Update
 
@@ -61,7 +61,9 @@ def test_running_average_rejects_mismatched_updates():
 
 def test_average_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="nothing to average"):
-        weighted_average([({"w": np.ones(2)}, 0.0)])
+        average = RunningAverage()
+        average.add({"w": np.ones(2)}, 0.0)
+        average.result()
 
 
 def test_unknown_weighting_is_rejected():

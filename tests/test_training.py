@@ -10,7 +10,7 @@ from fedseg.data.preprocessing import Preprocessing
 from fedseg.data.splits import SplitFractions
 from fedseg.data.task import Task
 from fedseg.models.registry import ModelConfig, build_network
-from fedseg.training.losses import build_loss, logits_to_labels, output_channels
+from fedseg.training.losses import build_loss, logits_to_probabilities, output_channels, probabilities_to_labels
 from fedseg.training.metrics import dice_per_class
 from fedseg.training.trainer import SiteTrainer, TrainingConfig, build_site_network
 from fedseg.training.weights import get_weights
@@ -40,7 +40,7 @@ def test_bce_uses_one_sigmoid_channel_per_foreground_class():
     logits = torch.full((1, 2, 2, 2), -5.0)
     logits[0, 1, 0, 0] = 5.0  # class 2 at (0, 0)
     logits[0, 0, 1, 1] = 1.0  # class 1 at (1, 1)
-    assert logits_to_labels(logits, "bce")[0].tolist() == [[[2, 0], [0, 1]]]
+    assert probabilities_to_labels(logits_to_probabilities(logits, "bce"), "bce")[0].tolist() == [[[2, 0], [0, 1]]]
     label = torch.tensor([[[[2, 0], [0, 1]]]])
     perfect = build_loss("bce", 3)(logits * 10, label)
     wrong = build_loss("bce", 3)(-logits * 10, label)

@@ -47,9 +47,3 @@ class RunningAverage:
             out[key] = (np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
         return out
 
-
-def weighted_average(items: list[tuple[Weights, float]]) -> Weights:
-    average = RunningAverage()
-    for weights, weight in items:
-        average.add(weights, weight)
-    return average.result()

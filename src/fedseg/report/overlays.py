@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.report.figures import plt
+from fedseg.report.figures import plt, save
 
 Example = tuple[str, str, float, np.ndarray, np.ndarray, np.ndarray]
 """(which: best/median/worst, case name, mean Dice, image, truth, prediction) as arrays."""
@@ -40,10 +40,7 @@ def overlay_figure(site: str, model: str, examples: list[Example], path: Path) -
             axis.axis("off")
     figure.suptitle(f"{site}: {model} on the best, median and worst test case", fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def _view(array: np.ndarray, truth: np.ndarray) -> np.ndarray:

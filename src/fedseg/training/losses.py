@@ -43,10 +43,6 @@ def probabilities_to_labels(probabilities: torch.Tensor, loss: str) -> torch.Ten
     return torch.where(best.values > 0.5, best.indices + 1, torch.zeros_like(best.indices))
 
 
-def logits_to_labels(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Class index map ``[B, 1, *spatial]`` from network output ``[B, C, *spatial]``."""
-    return probabilities_to_labels(logits_to_probabilities(logits, loss), loss)
-
 
 class _ForegroundBCE(nn.Module):
     """Binary cross-entropy on one-hot foreground channels of an integer label map.
