@@ -27,6 +27,13 @@ class ComputePlan(ABC):
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
         """The next global model from this round's updates."""
 
+    def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
+        """An aggregation that takes this round's updates one at a time, as they arrive over a
+        network. The default keeps them all and calls ``aggregate_train`` at the end; plans that
+        can fold an update in and drop it (the averaging family) override this, so a coordinator
+        holds about two models whatever the number of sites."""
+        return CollectedAggregation(self, round, global_weights)
+
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint after each round (empty for stateless plans): JSON-serialisable
         values and numpy arrays, nested in dicts and lists."""
@@ -39,6 +46,28 @@ class ComputePlan(ABC):
         """What the last ``aggregate_train`` did, JSON-serialisable, for the round's metrics: e.g.
         ``{"aggregation_weights": {site: normalised weight}}``. Empty before the first call."""
         return {}
+
+
+class Aggregation(ABC):
+    @abstractmethod
+    def add(self, site: str, update: Update) -> None:
+        """Fold in one site's update."""
+
+    @abstractmethod
+    def result(self) -> Weights:
+        """The next global model from the updates added so far."""
+
+
+class CollectedAggregation(Aggregation):
+    def __init__(self, plan: ComputePlan, round: int, global_weights: Weights):
+        self.plan, self.round, self.global_weights = plan, round, global_weights
+        self.updates: dict[str, Update] = {}
+
+    def add(self, site: str, update: Update) -> None:
+        self.updates[site] = update
+
+    def result(self) -> Weights:
+        return self.plan.aggregate_train(self.round, self.global_weights, self.updates)
 
 
 def site_config(seed: int, round: int, site: str, local_epochs: int | None, local_steps: int | None,

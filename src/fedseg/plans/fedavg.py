@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedseg.plans.averaging import RunningAverage
-from fedseg.plans.base import ComputePlan, site_config
+from fedseg.plans.base import Aggregation, ComputePlan, site_config
 from fedseg.plans.sampling import SiteSampling
 from fedseg.plans.weighting import Weighting
 from fedseg.types import RoundConfig, Update, Weights
@@ -42,17 +42,36 @@ class FedAvg(ComputePlan):
         return {}
 
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
-        return self._average(updates).result()
+        aggregation = self.aggregation(round, global_weights)
+        for site in sorted(updates):  # fixed order: float sums are order-sensitive
+            aggregation.add(site, updates[site])
+        return aggregation.result()
+
+    def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
+        return StreamingAverage(self, global_weights)
+
+    def finish_average(self, average: RunningAverage, global_weights: Weights) -> Weights:
+        """The next global model from the round's weighted average (FedOpt takes a step instead)."""
+        return average.result()
 
     def round_summary(self) -> dict[str, Any]:
         return dict(self._summary)
 
-    def _average(self, updates: Mapping[str, Update]) -> RunningAverage:
-        """The weighted average of ``updates``, remembering the normalised weights for the summary."""
-        average, used = RunningAverage(), {}
-        for site in sorted(updates):  # fixed order: float sums are order-sensitive
-            used[site] = self.weighting(updates[site])
-            average.add(updates[site].weights, used[site])
-        total = average.total  # when 0, result() and means() raise "nothing to average"
-        self._summary = {"aggregation_weights": {site: w / total for site, w in used.items()}} if total > 0 else {}
-        return average
+
+class StreamingAverage(Aggregation):
+    """Folds each update into a running weighted sum and drops it; remembers the normalised
+    weights for the plan's round summary."""
+
+    def __init__(self, plan: FedAvg, global_weights: Weights):
+        self.plan, self.global_weights = plan, global_weights
+        self.average, self.used = RunningAverage(), {}
+
+    def add(self, site: str, update: Update) -> None:
+        self.used[site] = self.plan.weighting(update)
+        self.average.add(update.weights, self.used[site])
+
+    def result(self) -> Weights:
+        total = self.average.total  # when 0, result() and means() raise "nothing to average"
+        self.plan._summary = ({"aggregation_weights": {site: w / total for site, w in sorted(self.used.items())}}
+                              if total > 0 else {})
+        return self.plan.finish_average(self.average, self.global_weights)

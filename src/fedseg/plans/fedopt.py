@@ -17,13 +17,13 @@ average. ``m`` and ``v`` (float64, per parameter) are the plan's state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from fedseg.plans.averaging import RunningAverage
 from fedseg.plans.fedavg import FedAvg
-from fedseg.types import Update, Weights
+from fedseg.types import Weights
 
 OPTIMIZERS = ("adam", "yogi", "adagrad")
 
@@ -54,8 +54,7 @@ class FedOpt(FedAvg):
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
-        average = self._average(updates)
+    def finish_average(self, average: RunningAverage, global_weights: Weights) -> Weights:
         means = average.means()
         result = average.result(means)
         if global_weights.keys() != means.keys():
