@@ -13,7 +13,7 @@ LAYERS = [
     {"plans"},
     {"runtime"},
     {"evaluation", "report"},
-    {"experiment", "arms", "simulate", "compare", "demo", "console", "cli"},
+    {"experiment", "arms", "simulate", "deployment", "compare", "demo", "console", "cli"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -1,8 +1,10 @@
-"""``fedseg`` command line: demo, simulate, data check, compare, report."""
+"""``fedseg`` command line: demo, simulate, data check, compare, report; and for real runs across
+institutions: provision, server, site, submit, status."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,7 +66,39 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write report.md and report.html of a run directory")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=_report)
+    _deployment_commands(commands)
     return parser
+
+
+def _deployment_commands(commands) -> None:
+    provision = commands.add_parser("provision", help="startup kits with certificates for a consortium")
+    provision.add_argument("project", type=Path, help="PROJECT.toml: coordinator host, sites, admins")
+    provision.add_argument("--out", type=Path, required=True, help="new folder for the kits")
+    provision.set_defaults(handler=_provision)
+
+    server = commands.add_parser("server", help="run the coordinator from its kit (foreground)")
+    server.add_argument("kit", type=Path, help="the coordinator's kit (KITS_DIR/coordinator)")
+    server.add_argument("--runs", type=Path, help="where run directories are written (default: KIT/runs)")
+    server.set_defaults(handler=_server)
+
+    site = commands.add_parser("site", help="run a site from its kit (foreground)")
+    site.add_argument("kit", type=Path, help="the site's kit (KITS_DIR/<site>)")
+    site.add_argument("--data", type=Path, required=True, help="this site's data folder or CSV manifest; "
+                                                               "it never leaves the site")
+    site.set_defaults(handler=_site)
+
+    submit = commands.add_parser("submit", help="run an experiment file on the consortium")
+    submit.add_argument("experiment", type=Path, help="experiment TOML file (the one 'simulate' takes)")
+    submit.add_argument("--admin", type=Path, required=True, help="your admin kit (KITS_DIR/admin)")
+    submit.add_argument("--out", type=Path, help="where to copy the run directory when the run ends")
+    submit.add_argument("--resume", action="store_true", help="continue the coordinator's run of this "
+                                                               "experiment after its last completed round")
+    submit.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
+    submit.set_defaults(handler=_submit)
+
+    status = commands.add_parser("status", help="sites online, jobs, rounds and last metrics")
+    status.add_argument("--admin", type=Path, required=True, help="your admin kit (KITS_DIR/admin)")
+    status.set_defaults(handler=_status)
 
 
 def _simulate(args) -> int:
@@ -153,6 +187,71 @@ def _report(args) -> int:
     if not (args.run_dir / "results.json").exists():
         raise UserError(f"{args.run_dir} has no results.json: is it a finished fedseg run directory?")
     console.print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
+def _provision(args) -> int:
+    from fedseg.consortium import provision_kits
+
+    kits = provision_kits(args.project, args.out)
+    for name, kit in kits.items():
+        console.print(f"{name:>14}: {kit}")
+    console.print("Hand each kit to its owner over a trusted channel (it holds a private key); keep "
+                  "'coordinator' on the coordinator's host. See README, 'Running across institutions'.")
+    return 0
+
+
+def _server(args) -> int:
+    from fedseg.consortium import run_server
+
+    run_server(args.kit, args.runs, announce=console.print)
+    return 0
+
+
+def _site(args) -> int:
+    from fedseg.consortium import run_site
+
+    run_site(args.kit, args.data)
+    return 0
+
+
+def _submit(args) -> int:
+    from fedseg.console import results_table
+    from fedseg.consortium import follow, submit
+    from fedseg.experiment import load_experiment
+
+    experiment = load_experiment(args.experiment)
+    session, job_id = submit(experiment, args.admin, args.resume)
+    console.print(f"submitted [bold]{escape(experiment.name)}[/] as job {job_id}")
+    if args.no_wait:
+        session.close()
+        return 0
+    out = args.out or Path("runs") / f"{experiment.name}-{job_id[:8]}"
+
+    def progress(job) -> None:
+        if "round" in job.progress:
+            sites = ", ".join(f"{r['site']} {r.get('train_loss', float('nan')):.3f}" for r in job.progress["last"])
+            console.print(f"round {job.progress['round'] + 1}/{job.progress['rounds']} done: {sites}")
+
+    ended = follow(session, job_id, out, progress)
+    if ended.get("state") != "finished":
+        raise UserError(f"job {job_id} did not finish: {ended.get('error', 'unknown reason')}")
+    console.print(results_table(json.loads((out / "results.json").read_text())))
+    console.print(f"run directory: {out}\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _status(args) -> int:
+    from fedseg.consortium import status
+
+    info = status(args.admin)
+    console.print(f"coordinator: {info['server']}; sites online: {', '.join(info['sites']) or 'none'}")
+    for job in info["jobs"]:
+        progress = job["progress"]
+        where = f", round {progress['round'] + 1}/{progress['rounds']}" if "round" in progress else ""
+        console.print(f"{job['job_id']}  {escape(str(job['name']))}  {job['status']}{where}")
+        for record in progress.get("last", []):
+            console.print(f"    {escape(json.dumps(record, default=str))}", highlight=False)
     return 0
 
 

@@ -27,6 +27,7 @@ from fedseg.errors import UserError
 from fedseg.models.registry import ModelConfig
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.registry import build_plan, runtime_rounds
+from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.training.trainer import TrainingConfig
 
 
@@ -66,6 +67,8 @@ class Experiment:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
+    deployment: RoundPolicy = RoundPolicy()
+    """Round timeout and minimum responses for deployment (``fedseg submit``); simulation ignores it."""
     arms: tuple[str, ...] = ("federated",)
     plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     """``name`` of the compute plan and its plan-specific options (``[plan]`` table)."""
@@ -74,7 +77,7 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment as plain TOML-able data (absolute paths, no None values)."""
         data: dict[str, Any] = {"name": self.name, "seed": self.seed, "arms": list(self.arms)}
-        for section in ("task", "splits", "preprocessing", "model", "training", "federation"):
+        for section in SECTIONS:
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
         data["plan"] = dict(self.plan)
@@ -97,7 +100,8 @@ class Experiment:
 
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
-            "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig}
+            "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig,
+            "deployment": RoundPolicy}
 TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", *SECTIONS}
 ARMS = ("federated", "standalone", "centralized")
 

@@ -26,7 +26,7 @@ from fedseg.report.overlays import overlay_figure, pick_examples
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.training.trainer import Model, SiteTrainer, build_site_network
 from fedseg.training.weights import get_weights
-from fedseg.types import Weights
+from fedseg.types import CaseMetrics, Weights
 
 
 def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
@@ -54,7 +54,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     """Train every arm, evaluate every model on every site's test cases, write results and report."""
     started = time.perf_counter()
     run_dir = RunDirectory(out)
-    _prepare_run_dir(run_dir, experiment, resume)
+    prepare_run_dir(run_dir, experiment, resume)
     datasets = load_sites(experiment)
     runner = ArmRunner(experiment, datasets, run_dir, initial_weights(experiment), resume, progress)
     models: dict[str, Model] = {}
@@ -66,23 +66,32 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
         models.update(runner.centralized())
 
     evaluators = {name: SiteTrainer(data, experiment.model, experiment.training) for name, data in datasets.items()}
-    headline = "FL_global" if "FL_global" in models else next(iter(models))
+    scores = {model: {site: evaluators[site].evaluate(weights, "test") for site in sorted(evaluators)}
+              for model, weights in models.items()}
+    results = write_results(run_dir, experiment, scores, started, resume)
+    headline = results["model"]
+    _draw_examples(run_dir, headline, models[headline], evaluators, results)
+    write_report(run_dir.root)
+    return results
+
+
+def write_results(run_dir: RunDirectory, experiment: Experiment, scores: dict[str, dict[str, list[CaseMetrics]]],
+                  started: float, resumed: bool) -> dict[str, Any]:
+    """cross_site.csv and results.json from every model's per-site test scores (simulated or deployed)."""
+    headline = "FL_global" if "FL_global" in scores else next(iter(scores))
     records, results = [], {}
-    for model, weights in models.items():
-        per_site = {site: evaluators[site].evaluate(weights, "test") for site in sorted(evaluators)}
+    for model, per_site in scores.items():
         records.extend(cross_site_records(model, per_site))
         if model == headline:
             results = summarise_model(model, per_site)
     write_cross_site_csv(records, run_dir.root / "cross_site.csv")
-    _draw_examples(run_dir, headline, models[headline], evaluators, results)
     results.update(
         experiment=experiment.name, rounds=experiment.federation.rounds, arms=list(experiment.arms),
-        models=list(models), matrix=cross_site_matrix(records), failures=failures(records),
-        comparisons=paired_comparisons(records, reference=headline, seed=experiment.seed) if len(models) > 1 else [],
-        wall_time_s=time.perf_counter() - started, resumed=resume,
+        models=list(scores), matrix=cross_site_matrix(records), failures=failures(records),
+        comparisons=paired_comparisons(records, reference=headline, seed=experiment.seed) if len(scores) > 1 else [],
+        wall_time_s=time.perf_counter() - started, resumed=resumed,
         train_seconds=sum(r.get("seconds", 0.0) for r in run_dir.read_metrics()))
     run_dir.write_json("results.json", results)
-    write_report(run_dir.root)
     return results
 
 
@@ -96,7 +105,7 @@ def _draw_examples(run_dir: RunDirectory, model: str, weights: Model, evaluators
             overlay_figure(site, model, examples, run_dir.figures / f"examples_{site}.png")
 
 
-def _prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool) -> None:
+def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool) -> None:
     saved = run_dir.root / "experiment.toml"
     if saved.exists():
         if not resume:

@@ -1,0 +1,78 @@
+"""The deployment commands: provision kits, run the coordinator and the sites, submit and follow
+experiments. Each is a thin layer over the FLARE adapter in ``runtime/flare``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedseg.deployment import deployable
+from fedseg.errors import UserError
+from fedseg.experiment import Experiment
+from fedseg.runtime.flare import admin, processes
+from fedseg.runtime.flare.job import DEPLOYMENT_FILE, write_job
+from fedseg.runtime.flare.provision import Kit, load_project, provision, read_kit
+
+
+def provision_kits(project_file: Path, out: Path) -> dict[str, Path]:
+    return provision(load_project(project_file), out)
+
+
+def run_server(kit_dir: Path, runs: Path | None = None, announce: Callable[[str], None] = print) -> None:
+    """Replace this process with the coordinator (so a supervisor's kill reaches FLARE itself)."""
+    kit = read_kit(kit_dir, "server")
+    processes.configure_server(kit)
+    for job in processes.requeue_interrupted_jobs(kit):
+        announce(f"job {job} was interrupted by the last shutdown; it will resume from its last round")
+    command = processes.server_command(kit)
+    os.execve(command[0], command, processes.server_environment(kit, runs))
+
+
+def run_site(kit_dir: Path, data: Path) -> None:
+    kit = read_kit(kit_dir, "site")
+    if not Path(data).is_dir() and not Path(data).is_file():
+        raise UserError(f"--data {data} does not exist; give the folder (images/ + labels/) or CSV manifest "
+                        f"of site '{kit.name}'")
+    processes.configure_site(kit)
+    command = processes.site_command(kit)
+    os.execve(command[0], command, processes.site_environment(data))
+
+
+def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tuple[Any, str]:
+    """Send the experiment to the coordinator; returns the admin session and the job id."""
+    kit = read_kit(admin_kit, "admin")
+    deployable(experiment)
+    session = admin.connect(kit)
+    with tempfile.TemporaryDirectory() as scratch:
+        job = write_job(Path(scratch) / experiment.name, experiment.name, experiment.to_toml(), resume,
+                        min_sites=experiment.deployment.needed(len(experiment.sites)))
+        return session, admin.submit(session, job)
+
+
+def follow(session: Any, job_id: str, out: Path, on_progress: Callable[[admin.JobState], None]) -> dict[str, Any]:
+    """Wait for the job to end, copy its run directory to ``out`` and return how the run ended
+    (``state``: finished or failed, with the ``error``), as the coordinator recorded it."""
+    try:
+        job = admin.wait(session, job_id, on_progress)
+        try:
+            admin.download_run(session, job_id, out)
+        except UserError:
+            return {"state": "failed", "error": f"job {job_id} ended as {job.status} before writing a run "
+                                                "directory; see the coordinator's log"}
+        return json.loads((out / DEPLOYMENT_FILE).read_text())
+    finally:
+        session.close()  # the admin API's threads keep the process alive until closed
+
+
+def status(admin_kit: Path) -> dict[str, Any]:
+    kit: Kit = read_kit(admin_kit, "admin")
+    session = admin.connect(kit)
+    try:
+        return admin.consortium(session)
+    finally:
+        session.close()
