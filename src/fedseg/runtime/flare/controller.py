@@ -29,7 +29,7 @@ from fedseg.files import write_text_atomic
 from fedseg.plans.base import Aggregation, ComputePlan
 from fedseg.runtime.flare import wire
 from fedseg.runtime.flare.apps import CoordinatorApp, load_factory
-from fedseg.runtime.flare.job import DEPLOYMENT_FILE, PROGRESS_FILE
+from fedseg.runtime.flare.job import AUDIT_FILE, DEPLOYMENT_FILE, PROGRESS_FILE
 from fedseg.runtime.flare.processes import RUNS_ENV
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import CaseMetrics, Update, Weights
@@ -49,7 +49,7 @@ class PlanController(ModelController):
 
     def run(self) -> None:
         app: CoordinatorApp = load_factory(self.app_factory)(self.experiment)
-        run_dir = RunDirectory(self._runs_root() / app.name)
+        run_dir = self._run_dir = RunDirectory(self._runs_root() / app.name)
         job_id = self.fl_ctx.get_job_id()
         resume = self._resuming(run_dir, job_id)
         try:
@@ -156,6 +156,7 @@ class PlanController(ModelController):
             with lock:
                 if site not in targets or site in answered:
                     return False
+                self._audit(task, site, model)
                 try:
                     handle(model, site)
                 except Exception as exc:  # a malformed update must not stop the run
@@ -174,6 +175,18 @@ class PlanController(ModelController):
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _audit(self, task: str, site: str, model: FLModel) -> None:
+        """Append what a site sent to ``received.jsonl``: parameter names, dtypes and shapes
+        (not their values), metrics and metadata in full, so anyone can check that nothing but
+        weights and scores reached the coordinator. (``props`` is the task's own metadata,
+        which FLARE copies onto every result; ``client_name`` is added by FLARE.)"""
+        params = {name: [str(value.dtype), list(value.shape)] for name, value in (model.params or {}).items()}
+        meta = {key: value for key, value in model.meta.items() if key != "props"}
+        line = json.dumps({"task": task, "site": site, "round": model.current_round, "params": params,
+                           "metrics": model.metrics, "meta": meta}, default=repr)
+        with open(self._run_dir.root / AUDIT_FILE, "a") as audit:
+            audit.write(line + "\n")
+
     def _records(self, round: int, received: dict[str, dict[str, Any]], summary: dict[str, Any],
                  missing: list[str]) -> list[dict[str, Any]]:
         weights = summary.get("aggregation_weights", {})
@@ -187,7 +200,10 @@ class PlanController(ModelController):
         return records
 
     def _online(self) -> set[str]:
-        return {client.name for client in self.engine.get_clients()}
+        """Sites connected and not found dead by FLARE (a site whose job process died stays
+        connected, but it cannot train in this job any more)."""
+        return {client.name for client in self.engine.get_clients()
+                if self.get_client_disconnect_time(client.name) is None}
 
     def _wait_for(self, sites: set[str], timeout: int) -> None:
         """Give sites that dropped out up to ``timeout`` seconds to come back."""

@@ -13,6 +13,8 @@ from fedseg.runtime.flare.processes import CONTROLLER, EXECUTOR
 TASKS = ["train", "validate", "evaluate"]
 DEPLOYMENT_FILE = "deployment.json"
 """In the run directory: the FLARE job that owns the run and how it ended (running/finished/failed)."""
+AUDIT_FILE = "received.jsonl"
+"""In the run directory: everything the coordinator received from the sites, weight values left out."""
 PROGRESS_FILE = "fedseg_progress.json"
 """Written by the coordinator into the job's folder after each round; read by 'fedseg status'."""
 

@@ -52,13 +52,14 @@ def server_command(kit: Kit) -> list[str]:
 
 
 def site_command(kit: Kit) -> list[str]:
-    return [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", str(kit.root),
+    return [sys.executable, "-u", "-m", "fedseg.runtime.flare.site_process", "-m", str(kit.root),
             "-s", "fed_client.json", "--set", "secure_train=true", f"uid={kit.name}", f"org={kit.org}",
             "config_folder=config", f"heart_beat_interval={kit.network.heartbeat_interval_s}"]
 
 
 def server_environment(kit: Kit, runs: Path | None) -> dict[str, str]:
-    return {**os.environ, RUNS_ENV: str(Path(runs).resolve() if runs else kit.root / "runs")}
+    return {**os.environ, RUNS_ENV: str(Path(runs).resolve() if runs else kit.root / "runs"),
+            "NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(kit.network.dead_site_grace_s)}
 
 
 def site_environment(data: Path) -> dict[str, str]:

@@ -32,6 +32,9 @@ class Network:
     """How often a site tells the coordinator it is alive (FLARE's default: 10 s)."""
     task_poll_interval_s: float = 0.1
     """How soon an idle site asks again for work (FLARE's default: 2 s; the main per-round cost)."""
+    dead_site_grace_s: float = 10.0
+    """Once the coordinator finds a site's job gone, how long until it gives up the site's open task
+    (FLARE's default: 60 s); the round then goes on without the site."""
     compression: bool = False
     """Gzip weights on the wire: smaller messages, but seconds of CPU per round for large models."""
 
@@ -76,6 +79,8 @@ def load_project(path: Path) -> Project:
     for name in (*sites, *admins):
         if name in {"coordinator", "server", "admin"}:
             raise UserError(f"{where}: '{name}' is a reserved name; choose another site or admin name")
+    _check_names(where, str(_need(coordinator, "host", where, "[coordinator]")),
+                 str(coordinator.get("org", "coordinator")), sites, admins)
     network = _table(data, "network", where, required=False)
     _known(network, set(Network.__dataclass_fields__), where, "[network]")
     try:
@@ -165,6 +170,20 @@ def _flare_project(project: Project) -> dict[str, Any]:
             {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
         ],
     }
+
+
+def _check_names(where: str, host: str, org: str, sites: dict[str, str], admins: dict[str, str]) -> None:
+    """FLARE's own rules for names (they end up in certificates), checked up front."""
+    from nvflare.apis.utils.format_check import name_check
+
+    entries = [(host, "server", "[coordinator] host"), (org, "org", "[coordinator] org")]
+    entries += [(site, "client", "[[sites]] name") for site in sites]
+    entries += [(admin, "admin", "[[admins]] name") for admin in admins]
+    entries += [(o, "org", "org") for o in (*sites.values(), *admins.values())]
+    for value, kind, key in entries:
+        bad, reason = name_check(value, kind)
+        if bad:
+            raise UserError(f"{where}: {key} '{value}' is not allowed: {reason}")
 
 
 def _table(data: dict, key: str, where: str, required: bool = True) -> dict:

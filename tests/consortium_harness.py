@@ -1,0 +1,116 @@
+"""A real consortium on 127.0.0.1 for tests: provisioned kits, a coordinator process, site
+processes and an admin session, all started as a user would (``fedseg server`` / ``fedseg site``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import tomli_w
+
+from fedseg.runtime.flare import admin
+from fedseg.runtime.flare.provision import load_project, provision, read_kit
+
+FEDSEG = [sys.executable, "-m", "fedseg.cli"]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def write_project(path: Path, name: str, sites: list[str], ports: list[int], **network) -> Path:
+    project = {"name": name, "coordinator": {"host": "localhost", "fl_port": ports[0], "admin_port": ports[1]},
+               "sites": [{"name": s} for s in sites], "admins": [{"name": "researcher@lab.org"}],
+               "network": {"heartbeat_timeout_s": 10.0, "heartbeat_interval_s": 1.0, "dead_site_grace_s": 3.0,
+                           **network}}
+    path.write_text(tomli_w.dumps(project))
+    return path
+
+
+class Consortium:
+    def __init__(self, root: Path, sites: dict[str, Path], name: str = "testnet", **network):
+        self.root, self.sites = root, sites
+        self.project_file = write_project(root / f"{name}.toml", name, sorted(sites), free_ports(2), **network)
+        self.kits = provision(load_project(self.project_file), root / f"{name}-kits")
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logs = root / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def _start(self, key: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{key}.log", "ab")
+        process = subprocess.Popen([*FEDSEG, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.processes[key] = process
+        return process
+
+    def start_server(self) -> subprocess.Popen:
+        return self._start("server", ["server", str(self.kits["coordinator"])])
+
+    def start_site(self, site: str, kit: Path | None = None, data: Path | None = None) -> subprocess.Popen:
+        return self._start(site, ["site", str(kit or self.kits[site]), "--data", str(data or self.sites[site])])
+
+    def start_all(self, timeout: float = 90) -> None:
+        self.start_server()
+        for site in self.sites:
+            self.start_site(site)
+        self.wait_online(set(self.sites), timeout)
+
+    def session(self):
+        return admin.connect(read_kit(self.kits["admin"], "admin"), timeout=30)
+
+    def wait_online(self, sites: set[str], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for key, process in self.processes.items():
+                if process.poll() is not None:
+                    tail = (self.logs / f"{key}.log").read_text()[-3000:]
+                    raise RuntimeError(f"{key} exited with code {process.returncode}:\n{tail}")
+            try:
+                session = self.session()
+                try:
+                    online = set(admin.consortium(session)["sites"])
+                finally:
+                    session.close()
+                if sites <= online:
+                    return
+            except Exception:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"sites {sites} not online after {timeout} s; logs in {self.logs}")
+
+    def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a participant and every process it started (its job processes too)."""
+        process = self.processes.pop(key)
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+    def job_processes(self, site: str) -> list[int]:
+        """Pids of the FLARE job processes the site's daemon started."""
+        out = subprocess.run(["pgrep", "-f", f"worker_process -m {self.kits[site]}"], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self) -> None:
+        for key in list(self.processes):
+            self.kill(key)
+
+    def run_dir(self, experiment: str) -> Path:
+        return self.kits["coordinator"] / "runs" / experiment
+
+    def deployment_state(self, experiment: str) -> dict:
+        path = self.run_dir(experiment) / "deployment.json"
+        return json.loads(path.read_text()) if path.exists() else {}

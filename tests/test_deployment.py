@@ -1,0 +1,245 @@
+"""Deployment on NVIDIA FLARE: real coordinator, site and admin processes on 127.0.0.1, mutual TLS.
+
+One consortium of three sites serves the tests in order; the drop-out and restart tests come
+last because they kill participants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from consortium_harness import Consortium
+from fedseg.consortium import follow, submit
+from fedseg.errors import UserError
+from fedseg.experiment import load_experiment
+from fedseg.runtime.flare import admin
+from fedseg.runtime.flare.provision import load_project, provision, read_kit
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.simulate import run_simulation
+from tiny_experiment import tiny_experiment
+
+WEIGHT_TOLERANCE = 1e-6
+"""Deployment folds updates in arrival order, simulation in site order: float sums may differ in
+the last bit (in practice they have been identical)."""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("deployment")
+
+
+@pytest.fixture(scope="module")
+def experiment_file(workspace):
+    """Write an experiment over the shared synthetic sites; returns a function of overrides."""
+    def write(name: str, **sections) -> Path:
+        data = tiny_experiment(workspace, **sections)
+        data["name"] = name
+        path = workspace / f"{name}.toml"
+        path.write_text(tomli_w.dumps(data))
+        return path
+    return write
+
+
+@pytest.fixture(scope="module")
+def consortium(workspace, experiment_file):
+    sites = {site["name"]: Path(site["path"]) for site in tiny_experiment(workspace)["sites"]}
+    network = Consortium(workspace, sites)
+    network.start_all()
+    yield network
+    network.stop()
+
+
+def run_deployed(consortium: Consortium, experiment: Path, out: Path, resume: bool = False) -> dict:
+    session, job_id = submit(load_experiment(experiment), consortium.kits["admin"], resume)
+    return follow(session, job_id, out, on_progress=lambda job: None)
+
+
+def assert_same_run(deployed: Path, simulated: Path) -> None:
+    rounds_d, weights_d, _ = RunDirectory(deployed).last_round()
+    rounds_s, weights_s, _ = RunDirectory(simulated).last_round()
+    assert rounds_d == rounds_s
+    assert weights_d.keys() == weights_s.keys()
+    for name in weights_s:
+        np.testing.assert_allclose(weights_d[name], weights_s[name], atol=WEIGHT_TOLERANCE, err_msg=name)
+    metrics_d, metrics_s = RunDirectory(deployed).read_metrics(), RunDirectory(simulated).read_metrics()
+    assert [(m["round"], m["site"]) for m in metrics_d] == [(m["round"], m["site"]) for m in metrics_s]
+    for d, s in zip(metrics_d, metrics_s):
+        for key in ("train_loss", "val_dice", "global_val_dice", "aggregation_weight"):
+            if key in s:
+                assert d[key] == pytest.approx(s[key], abs=1e-6), (key, d["round"], d["site"])
+    results_d = json.loads((deployed / "results.json").read_text())
+    results_s = json.loads((simulated / "results.json").read_text())
+    assert results_d["overall"]["mean_dice"] == pytest.approx(results_s["overall"]["mean_dice"], abs=1e-6)
+    assert results_d["overall"]["n_cases"] == results_s["overall"]["n_cases"] > 0
+
+
+# -- no processes ---------------------------------------------------------------------------------
+
+
+def test_provision_writes_one_signed_kit_per_participant(workspace):
+    project = workspace / "kits-project.toml"
+    project.write_text(tomli_w.dumps({
+        "name": "lab", "coordinator": {"host": "fl.example.org", "fl_port": 9002, "admin_port": 9003},
+        "sites": [{"name": "site-a", "org": "hospital_a"}, {"name": "site-b"}],
+        "admins": [{"name": "me@lab.org"}]}))
+    kits = provision(load_project(project), workspace / "kits-only")
+    assert set(kits) == {"coordinator", "site-a", "site-b", "admin"}
+    for name, kit in kits.items():
+        assert (kit / "startup" / "rootCA.pem").is_file()
+        assert (kit / "startup" / ("server.crt" if name == "coordinator" else "client.crt")).is_file()
+    assert read_kit(kits["site-a"], "site").org == "hospital_a"
+    with pytest.raises(UserError, match="not a server kit"):
+        read_kit(kits["site-a"], "server")
+    with pytest.raises(UserError, match="not empty"):
+        provision(load_project(project), workspace / "kits-only")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"admins": [{"name": "no-email"}]}, "e-mail"),
+    ({"sites": []}, "no \\[\\[sites\\]\\]"),
+    ({"coordinator": {"host": "h", "fl_port": 1, "admin_port": 1}}, "must differ"),
+    ({"network": {"heartbeat_timeout": 5}}, "unknown key"),
+    ({"sites": [{"name": "a", "org": "hospital-a"}]}, "org 'hospital-a' is not allowed"),
+])
+def test_bad_project_files_are_explained(workspace, change, message):
+    project = {"name": "lab", "coordinator": {"host": "h"}, "sites": [{"name": "a"}], "admins": [{"name": "me@x.org"}]}
+    path = workspace / "bad-project.toml"
+    path.write_text(tomli_w.dumps({**project, **change}))
+    with pytest.raises(UserError, match=message):
+        load_project(path)
+
+
+def test_arms_that_need_pooled_data_are_refused_before_submission(experiment_file, workspace):
+    from fedseg.deployment import deployable
+
+    with pytest.raises(UserError, match="federated"):
+        deployable(load_experiment(experiment_file("arms", arms=["federated", "centralized"])))
+
+
+# -- a running consortium -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fedavg_run(consortium, experiment_file, workspace) -> Path:
+    experiment = experiment_file("fedavg", rounds=3)
+    ended = run_deployed(consortium, experiment, workspace / "fedavg-deployed")
+    assert ended["state"] == "finished", ended
+    run_simulation(load_experiment(experiment), workspace / "fedavg-simulated")
+    return workspace / "fedavg-deployed"
+
+
+@pytest.mark.slow
+def test_deployed_fedavg_equals_simulation(fedavg_run, workspace):
+    assert_same_run(fedavg_run, workspace / "fedavg-simulated")
+    assert (fedavg_run / "report.html").is_file() and (fedavg_run / "cross_site.csv").is_file()
+
+
+@pytest.mark.slow
+def test_coordinator_receives_only_weights_and_scores(fedavg_run, workspace):
+    received = [json.loads(line) for line in (fedavg_run / "received.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in received} == {"train", "validate", "evaluate"}
+    assert len([r for r in received if r["task"] == "train"]) == 3 * 3
+    model = RunDirectory(fedavg_run).last_round()[1]
+    shapes = {name: [str(w.dtype), list(w.shape)] for name, w in model.items()}
+    case_files = {p.stem.split(".")[0] for p in workspace.joinpath("data").rglob("*.*")}
+    for record in received:
+        assert record["params"] in ({}, shapes), "only the model's own parameters may be sent"
+        assert all(isinstance(v, (int, float)) for v in record["metrics"].values())
+        assert set(record["meta"]) <= {"n_samples", "cases", "client_name", "initial_metrics"}
+        assert all(isinstance(v, (int, float)) for v in record["meta"].get("initial_metrics", {}).values())
+        for case in record["meta"].get("cases", []):
+            assert re.fullmatch(rf"{record['site']}-case-\d{{3}}", case["case"])
+        text = json.dumps({k: v for k, v in record.items() if k != "params"})
+        assert str(workspace / "data") not in text
+        assert not any(re.search(rf"\b{re.escape(name)}\b", text) for name in case_files if len(name) > 3)
+
+
+@pytest.mark.slow
+def test_cyclic_transfer_in_deployment_equals_simulation(consortium, experiment_file, workspace):
+    experiment = experiment_file("cyclic", rounds=1, plan={"name": "cyclic"}, federation={"validate_global": False})
+    ended = run_deployed(consortium, experiment, workspace / "cyclic-deployed")
+    assert ended["state"] == "finished", ended
+    run_simulation(load_experiment(experiment), workspace / "cyclic-simulated")
+    assert_same_run(workspace / "cyclic-deployed", workspace / "cyclic-simulated")
+    visited = [m["site"] for m in RunDirectory(workspace / "cyclic-deployed").read_metrics()]
+    assert visited == sorted(consortium.sites)
+
+
+@pytest.mark.slow
+def test_a_kit_from_another_project_cannot_join_or_submit(consortium, workspace):
+    # same project name, host and ports as the real consortium, but its own certificate authority
+    project = workspace / "intruders.toml"
+    project.write_text(consortium.project_file.read_text().replace('name = "hospital_a"', 'name = "hospital_x"'))
+    kits = provision(load_project(project), workspace / "intruder-kits")
+    consortium.start_site("hospital_x", kits["hospital_x"], data=consortium.sites["hospital_a"])
+    try:
+        time.sleep(8)
+        session = consortium.session()
+        try:
+            assert "hospital_x" not in admin.consortium(session)["sites"]
+        finally:
+            session.close()
+        with pytest.raises(UserError, match="cannot log in"):
+            admin.connect(read_kit(kits["admin"], "admin"), timeout=5)
+    finally:
+        consortium.kill("hospital_x")
+
+
+@pytest.mark.slow
+def test_sites_that_die_mid_run_are_dropped_and_the_run_finishes(consortium, experiment_file, workspace):
+    experiment = experiment_file("dropout", rounds=8, training={"local_steps": 40},
+                                 deployment={"round_timeout": 30, "min_responses": 1})
+    session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
+    wait_for_round(consortium, "dropout", 1)
+    [job_process] = consortium.job_processes("hospital_c")
+    os.kill(job_process, signal.SIGKILL)  # the site's job process only; its daemon stays
+    wait_for_round(consortium, "dropout", 3)
+    consortium.kill("hospital_b")  # the whole site: daemon and job
+    started = time.monotonic()
+    ended = follow(session, job_id, workspace / "dropout-deployed", on_progress=lambda job: None)
+    assert ended["state"] == "finished", ended
+    assert time.monotonic() - started < 120, "no round may wait much beyond the round timeout"
+    metrics = RunDirectory(workspace / "dropout-deployed").read_metrics()
+    by_round = {r: {m["site"] for m in metrics if m["round"] == r} for r in range(8)}
+    assert by_round[0] == {"hospital_a", "hospital_b", "hospital_c"}
+    assert by_round[7] == {"hospital_a"}
+    assert "hospital_c" not in by_round[3]
+    assert any(m.get("missing_sites") for m in metrics)
+
+
+@pytest.mark.slow
+def test_coordinator_killed_mid_run_resumes_after_restart(consortium, experiment_file, workspace):
+    for site in consortium.sites:  # sites the drop-out test killed come back
+        if site not in consortium.processes:
+            consortium.start_site(site)
+    consortium.wait_online(set(consortium.sites))
+    experiment = experiment_file("restart", rounds=6, training={"local_steps": 30})
+    session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
+    session.close()
+    wait_for_round(consortium, "restart", 2)
+    consortium.kill("server")  # kill -9 of the coordinator and its job process
+    consortium.start_server()
+    consortium.wait_online(set(consortium.sites), timeout=120)
+    session = consortium.session()
+    ended = follow(session, job_id, workspace / "restart-deployed", on_progress=lambda job: None)
+    assert ended["state"] == "finished", ended
+    run_simulation(load_experiment(experiment), workspace / "restart-simulated")
+    assert_same_run(workspace / "restart-deployed", workspace / "restart-simulated")
+
+
+def wait_for_round(consortium: Consortium, experiment: str, round: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if consortium.deployment_state(experiment).get("round", -1) >= round:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"round {round} of {experiment} not done after {timeout} s; logs in {consortium.logs}")
