@@ -222,7 +222,7 @@ def test_coordinator_killed_mid_run_resumes_after_restart(consortium, experiment
         if site not in consortium.processes:
             consortium.start_site(site)
     consortium.wait_online(set(consortium.sites))
-    experiment = experiment_file("restart", rounds=6, training={"local_steps": 30})
+    experiment = experiment_file("restart", rounds=6, training={"local_steps": 10})
     session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
     session.close()
     wait_for_round(consortium, "restart", 2)

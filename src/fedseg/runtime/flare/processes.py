@@ -78,6 +78,7 @@ def requeue_interrupted_jobs(kit: Kit) -> list[str]:
     """Jobs the job store still calls running when the coordinator starts were cut off by a crash
     (FLARE 2.9 leaves them RUNNING for ever). Marking them submitted again makes FLARE's scheduler
     rerun them; fedseg's controller then resumes each from its run directory's last round."""
+    from nvflare.apis.impl.job_def_manager import _OBJ_TAG_SCHEDULED
     from nvflare.app_common.storages.filesystem_storage import FilesystemStorage
 
     store, root, requeued = FilesystemStorage(), kit.root / "jobs-storage", []
@@ -88,5 +89,6 @@ def requeue_interrupted_jobs(kit: Kit) -> list[str]:
             continue
         if meta.get("status") in ("RUNNING", "DISPATCHED"):
             store.update_meta(str(job), {"status": "SUBMITTED"}, replace=False)
+            (job / _OBJ_TAG_SCHEDULED).unlink(missing_ok=True)  # FLARE's "already scheduled" mark
             requeued.append(job.name)
     return requeued
