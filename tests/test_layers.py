@@ -13,7 +13,7 @@ LAYERS = [
     {"plans"},
     {"runtime"},
     {"evaluation", "report"},
-    {"experiment", "arms", "simulate", "deployment", "compare", "demo", "console", "cli"},
+    {"experiment", "arms", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
@@ -55,3 +55,14 @@ def test_compute_plans_are_pure_numpy():
         heavy = {m for m in modules if m.split(".")[0] in ("torch", "monai", "socket", "nvflare")}
         assert not heavy, f"{path.name} imports {heavy}"
         assert fedseg_imports(path) <= {"types", "seeding", "plans"}, path.name
+
+
+def test_only_the_flare_adapter_imports_nvflare():
+    adapter = PACKAGE / "runtime" / "flare"
+    for path in MODULES:
+        if adapter in path.parents:
+            continue
+        tree = ast.parse(path.read_text())
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if n.split(".")[0] == "nvflare"], path

@@ -79,6 +79,7 @@ class PlanController(ModelController):
 
     def _round(self, app: CoordinatorApp, plan: ComputePlan, run_dir: RunDirectory, round: int,
                weights: Weights) -> Weights:
+        started = time.perf_counter()
         chosen = plan.configure_train(round, list(app.sites))
         for attempt in range(app.policy.round_retries + 1):
             configs = {site: config for site, config in chosen.items() if site in self._online()}
@@ -99,7 +100,9 @@ class PlanController(ModelController):
         records = self._records(round, received, plan.round_summary(), sorted(set(chosen) - set(received)))
         if app.validate_global:
             self._validate(weights, records, app.policy.round_timeout)
-        run_dir.append_metrics(records)
+        if records:
+            records[0]["round_seconds"] = time.perf_counter() - started
+        run_dir.append_metrics(records)  # metrics first: a resume drops lines past the last checkpoint
         run_dir.save_round(round, weights, plan.state_dict())
         self._set_state(run_dir, self.fl_ctx.get_job_id(), "running", rounds=app.rounds, round=round, last=records)
         self.info(f"round {round} done with {sorted(received)}")

@@ -1,0 +1,96 @@
+"""The FLARE adapter's pieces that need no running consortium: round policy, wire format, job
+folder, local settings of the kits, requeueing after a crash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedseg.experiment import ConfigError, parse_experiment
+from fedseg.runtime.flare import processes, wire
+from fedseg.runtime.flare.job import write_job
+from fedseg.runtime.flare.provision import Network, load_project, provision, read_kit
+from fedseg.runtime.round_policy import RoundPolicy
+from fedseg.types import CaseMetrics, RoundConfig, Update
+
+
+def test_round_policy_needs_all_sites_unless_told_otherwise():
+    assert RoundPolicy().needed(3) == 3 and not RoundPolicy().accepts(3, 2)
+    assert RoundPolicy(min_responses=2).accepts(3, 2) and not RoundPolicy(min_responses=2).accepts(3, 1)
+    assert RoundPolicy(min_responses=5).needed(2) == 2  # never more than were asked
+    assert not RoundPolicy(min_responses=1).accepts(0, 0)  # a round without any update is no round
+    with pytest.raises(ValueError, match="min_responses"):
+        RoundPolicy(min_responses=0)
+
+
+def test_deployment_table_is_checked_like_the_rest_of_the_experiment(tmp_path):
+    base = {"task": {"labels": {"background": 0, "lesion": 1}}, "sites": [{"name": "a", "path": str(tmp_path)}]}
+    assert parse_experiment({**base, "deployment": {"round_timeout": 30, "min_responses": 1}}).deployment == \
+        RoundPolicy(round_timeout=30, min_responses=1)
+    with pytest.raises(ConfigError, match=r"\[deployment\] unknown key"):
+        parse_experiment({**base, "deployment": {"timeout": 30}})
+
+
+def test_wire_round_trip_keeps_weights_configs_and_scores_without_case_names():
+    update = Update({"w": np.arange(4, dtype=np.float32), "n": np.array(3)}, n_samples=7, metrics={"val_dice": 0.5})
+    back = wire.update_from_wire(wire.update_to_wire(update))
+    np.testing.assert_array_equal(back.weights["w"], update.weights["w"])
+    assert back.n_samples == 7 and back.metrics == {"val_dice": 0.5}
+    config = RoundConfig(round=2, seed=11, local_epochs=None, local_steps=5, extra={"proximal_mu": 0.01})
+    assert wire.round_config_from_wire(wire.round_config_to_wire(config)) == config
+    cases = [CaseMetrics("patient_smith_b", {"x": 0.5}), CaseMetrics("patient_jones_a", {"x": float("nan")})]
+    sent = wire.cases_to_wire("site_a", cases)
+    assert [c["case"] for c in sent] == ["site_a-case-000", "site_a-case-001"]  # sorted order, no names
+    assert "patient" not in json.dumps(sent)
+    assert wire.cases_from_wire(sent)[0].dice == {"x": np.nan} or np.isnan(wire.cases_from_wire(sent)[0].dice["x"])
+
+
+def test_job_folder_names_only_fedseg_components(tmp_path):
+    job = write_job(tmp_path / "job", "exp", 'name = "exp"', resume=True, min_sites=2)
+    meta = json.loads((job / "meta.json").read_text())
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    assert meta["min_clients"] == 2
+    assert server["workflows"][0]["path"] == processes.CONTROLLER and server["workflows"][0]["args"]["resume"]
+    assert client["executors"][0]["executor"]["path"] == processes.EXECUTOR
+    assert not (job / "app" / "custom").exists()  # no code travels with a job
+
+
+@pytest.fixture
+def kits(tmp_path):
+    project = tmp_path / "p.toml"
+    project.write_text('name = "p"\n[coordinator]\nhost = "localhost"\n[[sites]]\nname = "a"\n'
+                       '[[admins]]\nname = "me@lab.org"\n[network]\nheartbeat_timeout_s = 7.0\n')
+    return provision(load_project(project), tmp_path / "kits")
+
+
+def test_local_settings_allow_fedseg_and_tune_the_network(kits):
+    server, site = read_kit(kits["coordinator"], "server"), read_kit(kits["a"], "site")
+    assert server.network == Network(heartbeat_timeout_s=7.0)
+    processes.configure_server(server)
+    processes.configure_site(site)
+    server_settings = json.loads((server.root / "local" / "resources.json").read_text())
+    site_settings = json.loads((site.root / "local" / "resources.json").read_text())
+    assert processes.CONTROLLER in server_settings["class_allow_list"]
+    assert processes.EXECUTOR in site_settings["class_allow_list"]
+    assert server_settings["servers"][0]["heart_beat_timeout"] == 7.0
+    assert server_settings["servers"][0]["task_request_interval"] == 0.1
+    job_store = next(c for c in server_settings["components"] if c["id"] == "job_manager")["args"]["uri_root"]
+    assert job_store.startswith(str(server.root))  # not /tmp: jobs survive a reboot
+    assert "compression" not in site_settings["client"]
+
+
+def test_jobs_left_running_by_a_crash_are_queued_again(kits):
+    from nvflare.app_common.storages.filesystem_storage import FilesystemStorage
+
+    server = read_kit(kits["coordinator"], "server")
+    store, root = FilesystemStorage(), server.root / "jobs-storage"
+    for job, status in (("j-running", "RUNNING"), ("j-done", "FINISHED:COMPLETED")):
+        store.create_object(str(root / job), b"", {"status": status}, overwrite_existing=True)
+        (root / job / "scheduled").write_text("")
+    assert processes.requeue_interrupted_jobs(server) == ["j-running"]
+    assert store.get_meta(str(root / "j-running"))["status"] == "SUBMITTED"
+    assert not (root / "j-running" / "scheduled").exists()
+    assert store.get_meta(str(root / "j-done"))["status"] == "FINISHED:COMPLETED"
