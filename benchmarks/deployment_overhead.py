@@ -106,8 +106,10 @@ def peak_rss_mb(pattern: str, stop: threading.Event, found: list[float]) -> None
 
 def deployed(consortium, exp, workdir: Path) -> tuple[float, float, int]:
     """Median seconds per round (after the first), the coordinator job's peak RSS, params."""
-    session = admin.connect(read_kit(consortium.kits["admin"], "admin"), timeout=30)
+    kit = read_kit(consortium.kits["admin"], "admin")
+    session = admin.connect(kit, timeout=30)
     job = write_job(workdir / f"job-{exp.name}", exp.name, exp.to_toml(), resume=False, min_sites=len(exp.sites),
+                    network=kit.network,
                     coordinator_factory="benchmarks.deployment_overhead:timing_coordinator",
                     site_factory="benchmarks.deployment_overhead:echo_site")
     stop, peak = threading.Event(), []
@@ -144,6 +146,7 @@ def main() -> None:
         workdir = Path(tmp)
         for n_sites in site_counts:
             names = [f"site{i}" for i in range(n_sites)]
+            (workdir / f"net{n_sites}").mkdir()
             consortium = Consortium(workdir / f"net{n_sites}", {name: workdir for name in names},
                                     name=f"bench{n_sites}")
             consortium.start_all(timeout=300)

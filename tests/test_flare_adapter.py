@@ -48,11 +48,13 @@ def test_wire_round_trip_keeps_weights_configs_and_scores_without_case_names():
 
 
 def test_job_folder_names_only_fedseg_components(tmp_path):
-    job = write_job(tmp_path / "job", "exp", 'name = "exp"', resume=True, min_sites=2)
+    job = write_job(tmp_path / "job", "exp", 'name = "exp"', resume=True, min_sites=2,
+                    network=Network(task_poll_interval_s=0.2))
     meta = json.loads((job / "meta.json").read_text())
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
     assert meta["min_clients"] == 2
+    assert server["server"]["task_request_interval"] == 0.2 and client["default_task_fetch_interval"] == 0.2
     assert server["workflows"][0]["path"] == processes.CONTROLLER and server["workflows"][0]["args"]["resume"]
     assert client["executors"][0]["executor"]["path"] == processes.EXECUTOR
     assert not (job / "app" / "custom").exists()  # no code travels with a job

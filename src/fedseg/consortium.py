@@ -50,7 +50,7 @@ def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tup
     session = admin.connect(kit)
     with tempfile.TemporaryDirectory() as scratch:
         job = write_job(Path(scratch) / experiment.name, experiment.name, experiment.to_toml(), resume,
-                        min_sites=experiment.deployment.needed(len(experiment.sites)))
+                        min_sites=experiment.deployment.needed(len(experiment.sites)), network=kit.network)
         return session, admin.submit(session, job)
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from fedseg.runtime.flare.processes import CONTROLLER, EXECUTOR
+from fedseg.runtime.flare.provision import Network
 
 TASKS = ["train", "validate", "evaluate"]
 DEPLOYMENT_FILE = "deployment.json"
@@ -19,17 +20,23 @@ PROGRESS_FILE = "fedseg_progress.json"
 """Written by the coordinator into the job's folder after each round; read by 'fedseg status'."""
 
 
-def write_job(folder: Path, name: str, experiment: str, resume: bool, min_sites: int,
+def write_job(folder: Path, name: str, experiment: str, resume: bool, min_sites: int, network: Network,
               coordinator_factory: str = "fedseg.deployment:coordinator_app",
               site_factory: str = "fedseg.deployment:site_app") -> Path:
-    """Write the job into ``folder``; ``min_sites`` sites must be online for FLARE to start it."""
+    """Write the job into ``folder``; ``min_sites`` sites must be online for FLARE to start it.
+    The project's ``network`` timings go into the job too: FLARE reads the task polling interval
+    from the job's own settings (2 s when absent, the largest share of a round's overhead)."""
     config = Path(folder) / "app" / "config"
     config.mkdir(parents=True, exist_ok=True)
     meta = {"name": name, "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": min_sites}
-    server = {"format_version": 2, "components": [], "workflows": [
+    server = {"format_version": 2, "components": [],
+              "server": {"heart_beat_timeout": network.heartbeat_timeout_s,
+                         "task_request_interval": network.task_poll_interval_s},
+              "workflows": [
         {"id": "fedseg_controller", "path": CONTROLLER,
          "args": {"experiment": experiment, "app_factory": coordinator_factory, "resume": resume}}]}
-    client = {"format_version": 2, "components": [], "executors": [
+    client = {"format_version": 2, "components": [], "default_task_fetch_interval": network.task_poll_interval_s,
+              "executors": [
         {"tasks": TASKS, "executor": {"path": EXECUTOR, "args": {
             "experiment": experiment, "app_factory": site_factory, "run_name": name}}}]}
     (Path(folder) / "meta.json").write_text(json.dumps(meta, indent=2))
