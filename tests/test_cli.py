@@ -98,3 +98,19 @@ def test_compare_pairs_the_models_of_two_runs(tmp_path, output):
     assert cli.main(["simulate", str(tmp_path / "other.toml"), "--out", str(tmp_path / "reseeded")]) == 0
     assert cli.main(["compare", str(tmp_path / "fedavg"), str(tmp_path / "reseeded")]) == 1
     assert "not scored on the same test cases" in output.getvalue()
+
+
+def test_deployment_commands_explain_bad_input(tmp_path, output):
+    project = tmp_path / "p.toml"
+    project.write_text('name = "p"\n[coordinator]\nhost = "localhost"\n[[sites]]\nname = "site_a"\n'
+                       '[[admins]]\nname = "me@lab.org"\n')
+    assert cli.main(["provision", str(project), "--out", str(tmp_path / "kits")]) == 0
+    assert "site_a" in output.getvalue() and "trusted channel" in output.getvalue()
+    assert cli.main(["provision", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "k2")]) == 1
+    assert cli.main(["server", str(tmp_path / "kits" / "site_a")]) == 1  # a site kit is not the coordinator's
+    assert cli.main(["site", str(tmp_path / "kits" / "site_a"), "--data", str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["site", str(tmp_path), "--data", str(tmp_path)]) == 1  # not a kit at all
+    text = output.getvalue()
+    assert "project file not found" in text and "not a server kit" in text
+    assert "--data" in text and "does not exist" in text and "not a startup kit" in text
+    assert "Traceback" not in text
