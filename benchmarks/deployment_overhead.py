@@ -55,8 +55,24 @@ class EchoSite:
         return []
 
 
+class StaggeredEchoSite(EchoSite):
+    """An echo site that answers ``delay`` seconds late, so updates reach the coordinator one
+    after another (as when sites train at different speeds) rather than all at once."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def train(self, weights: Weights, config: RoundConfig) -> Update:
+        time.sleep(self.delay)
+        return super().train(weights, config)
+
+
 def echo_site(experiment: str, site: str, data: Path, state_dir: Path) -> EchoSite:
     return EchoSite()
+
+
+def staggered_echo_site(experiment: str, site: str, data: Path, state_dir: Path) -> EchoSite:
+    return StaggeredEchoSite(delay=1.5 * int(site.removeprefix("site")))
 
 
 class TimingCoordinator(Coordinator):
@@ -68,9 +84,9 @@ def timing_coordinator(experiment: str) -> TimingCoordinator:
     return TimingCoordinator(parse_text(experiment))
 
 
-def experiment(model: str, sites: list[str], rounds: int):
+def experiment(model: str, sites: list[str], rounds: int, suffix: str = ""):
     return parse_experiment({
-        "name": f"overhead-{model}-{len(sites)}", "seed": 0,
+        "name": f"overhead-{model}-{len(sites)}{suffix}", "seed": 0,
         "task": {"labels": {"background": 0, "lesion": 1}, "spatial_dims": 2},
         "sites": [{"name": s, "path": "/nonexistent"} for s in sites],
         "model": {"name": "UNet", **MODELS[model]},
@@ -104,14 +120,14 @@ def peak_rss_mb(pattern: str, stop: threading.Event, found: list[float]) -> None
     found.append(peak)
 
 
-def deployed(consortium, exp, workdir: Path) -> tuple[float, float, int]:
+def deployed(consortium, exp, workdir: Path, site_factory: str = "echo_site") -> tuple[float, float, int]:
     """Median seconds per round (after the first), the coordinator job's peak RSS, params."""
     kit = read_kit(consortium.kits["admin"], "admin")
     session = admin.connect(kit, timeout=30)
     job = write_job(workdir / f"job-{exp.name}", exp.name, exp.to_toml(), resume=False, min_sites=len(exp.sites),
                     network=kit.network,
                     coordinator_factory="benchmarks.deployment_overhead:timing_coordinator",
-                    site_factory="benchmarks.deployment_overhead:echo_site")
+                    site_factory=f"benchmarks.deployment_overhead:{site_factory}")
     stop, peak = threading.Event(), []
     watcher = threading.Thread(target=peak_rss_mb, args=(f"runner_process.*{consortium.kits['coordinator']}", stop,
                                                          peak))
@@ -151,14 +167,24 @@ def main() -> None:
                                     name=f"bench{n_sites}")
             consortium.start_all(timeout=300)
             try:
+                baseline = None
                 for model in models:
                     exp = experiment(model, names, rounds)
                     simulated = simulated_round_seconds(exp, workdir)
                     per_round, peak, params = deployed(consortium, exp, workdir)
+                    baseline = baseline or peak  # the tiny model: the job process's own footprint
+                    size_mb = params * 4 / 2**20
                     print(f"{model:>5} ({params / 1e6:.2f}M params), {n_sites} sites: deployed {per_round:.3f} s/round, "
                           f"simulated {simulated:.3f} s/round, overhead {per_round - simulated:.3f} s/round "
-                          f"(ratio {per_round / simulated:.1f}); coordinator peak RSS {peak:.0f} MB "
-                          f"= {peak / (params * 4 / 2**20):.1f} x model size", flush=True)
+                          f"(ratio {per_round / simulated:.1f}); coordinator peak RSS {peak:.0f} MB, "
+                          f"{peak - baseline:.0f} MB over the tiny run = {(peak - baseline) / size_mb:.1f} x model size",
+                          flush=True)
+                    if model != "tiny":
+                        exp = experiment(model, names, rounds, suffix="-staggered")
+                        _, peak, _ = deployed(consortium, exp, workdir, "staggered_echo_site")
+                        print(f"{model:>5}, {n_sites} sites answering 1.5 s apart: coordinator peak RSS {peak:.0f} MB, "
+                              f"{peak - baseline:.0f} MB over the tiny run = {(peak - baseline) / size_mb:.1f} x model size",
+                              flush=True)
             finally:
                 consortium.stop()
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,3 +16,11 @@ def test_simulation_overhead_quick_runs():
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert any("ratio" in line for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.slow
+def test_deployment_overhead_quick_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "deployment_overhead.py"), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert any("s/round" in line and "ratio" in line for line in result.stdout.splitlines()), result.stdout

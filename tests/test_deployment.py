@@ -164,6 +164,15 @@ def test_coordinator_receives_only_weights_and_scores(fedavg_run, workspace):
 
 
 @pytest.mark.slow
+def test_submitting_a_finished_run_again_is_refused_without_touching_it(fedavg_run, consortium, experiment_file,
+                                                                        workspace):
+    owner = consortium.deployment_state("fedavg")
+    ended = run_deployed(consortium, experiment_file("fedavg", rounds=3), workspace / "fedavg-again")
+    assert ended["state"] == "failed" and "--resume" in ended["error"]
+    assert consortium.deployment_state("fedavg") == owner
+
+
+@pytest.mark.slow
 def test_cyclic_transfer_in_deployment_equals_simulation(consortium, experiment_file, workspace):
     experiment = experiment_file("cyclic", rounds=1, plan={"name": "cyclic"}, federation={"validate_global": False})
     ended = run_deployed(consortium, experiment, workspace / "cyclic-deployed")

@@ -65,6 +65,9 @@ class Coordinator:
         return initial_weights(self.experiment)
 
     def prepare(self, run_dir: RunDirectory, resume: bool) -> None:
+        if (run_dir.root / "experiment.toml").exists() and not resume:
+            raise UserError(f"the coordinator already holds a run named '{self.name}'; submit with --resume "
+                            "to continue it, or give the experiment another name")
         prepare_run_dir(run_dir, self.experiment, resume)
 
     def finish(self, run_dir: RunDirectory, test_cases: dict[str, list[CaseMetrics]], resumed: bool) -> None:

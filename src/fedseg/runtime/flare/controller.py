@@ -48,12 +48,13 @@ class PlanController(ModelController):
         self.resume = resume
 
     def run(self) -> None:
-        app: CoordinatorApp = load_factory(self.app_factory)(self.experiment)
-        run_dir = self._run_dir = RunDirectory(self._runs_root() / app.name)
-        job_id = self.fl_ctx.get_job_id()
-        resume = self._resuming(run_dir, job_id)
+        job_id, run_dir = self.fl_ctx.get_job_id(), None
         try:
-            app.prepare(run_dir, resume)
+            app: CoordinatorApp = load_factory(self.app_factory)(self.experiment)
+            candidate = self._run_dir = RunDirectory(self._runs_root() / app.name)
+            resume = self._resuming(candidate, job_id)
+            app.prepare(candidate, resume)  # refuses a directory that holds another run
+            run_dir = candidate  # from here on this job owns the run directory
             self._set_state(run_dir, job_id, "running", rounds=app.rounds)
             plan, weights, start = app.compute_plan(), app.initial_weights(), 0
             if resume and (last := run_dir.last_round()) is not None:
@@ -70,8 +71,7 @@ class PlanController(ModelController):
             self._set_state(run_dir, job_id, "finished")
         except Exception as exc:
             self._set_state(run_dir, job_id, "failed", error=str(exc))
-            self.panic(f"run '{app.name}' stopped: {exc}")
-            return
+            self.panic(f"run stopped: {exc}")
         finally:
             self._copy_to_job_workspace(run_dir)
 
@@ -225,18 +225,19 @@ class PlanController(ModelController):
             return self.resume or state.get("job_id") == job_id
         return False
 
-    def _set_state(self, run_dir: RunDirectory, job_id: str, state: str, **details: Any) -> None:
-        """Record the run's state in the run directory (for resume) and in the job's folder
-        (where 'fedseg status' reads it)."""
+    def _set_state(self, run_dir: RunDirectory | None, job_id: str, state: str, **details: Any) -> None:
+        """Record the run's state in the run directory this job owns (for resume; None when the
+        job failed before owning one) and in the job's folder (read by 'fedseg status')."""
         record = json.dumps({"job_id": job_id, "state": state, **details}, indent=2, default=str) + "\n"
-        if run_dir.root.exists():
-            write_text_atomic(run_dir.root / DEPLOYMENT_FILE, record)
         job_folder = Path(self.get_run_dir())
-        if job_folder.exists():
-            write_text_atomic(job_folder / PROGRESS_FILE, record)
+        targets = [job_folder / PROGRESS_FILE]
+        targets.append(run_dir.root / DEPLOYMENT_FILE if run_dir else job_folder / "fedseg_run" / DEPLOYMENT_FILE)
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, record)
 
-    def _copy_to_job_workspace(self, run_dir: RunDirectory) -> None:
+    def _copy_to_job_workspace(self, run_dir: RunDirectory | None) -> None:
         """The run directory also goes into the job's workspace, which 'download_job' returns."""
-        if run_dir.root.exists():
+        if run_dir is not None and run_dir.root.exists():
             target = Path(self.get_run_dir()) / "fedseg_run"
             shutil.copytree(run_dir.root, target, dirs_exist_ok=True)
