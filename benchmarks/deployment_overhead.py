@@ -134,7 +134,7 @@ def deployed(consortium, exp, workdir: Path, site_factory: str = "echo_site") ->
     watcher.start()
     try:
         job_id = admin.submit(session, job)
-        state = admin.wait(session, job_id, poll_s=1.0)
+        state, session = admin.wait(session, job_id, poll_s=1.0)
     finally:
         stop.set()
         watcher.join()

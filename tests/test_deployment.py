@@ -60,7 +60,7 @@ def consortium(workspace, experiment_file):
 
 def run_deployed(consortium: Consortium, experiment: Path, out: Path, resume: bool = False) -> dict:
     session, job_id = submit(load_experiment(experiment), consortium.kits["admin"], resume)
-    return follow(session, job_id, out, on_progress=lambda job: None)
+    return follow(consortium.kits["admin"], session, job_id, out, on_progress=lambda job: None)
 
 
 def assert_same_run(deployed: Path, simulated: Path) -> None:
@@ -214,7 +214,8 @@ def test_sites_that_die_mid_run_are_dropped_and_the_run_finishes(consortium, exp
     wait_for_round(consortium, "dropout", 3)
     consortium.kill("hospital_b")  # the whole site: daemon and job
     started = time.monotonic()
-    ended = follow(session, job_id, workspace / "dropout-deployed", on_progress=lambda job: None)
+    ended = follow(consortium.kits["admin"], session, job_id, workspace / "dropout-deployed",
+                   on_progress=lambda job: None)
     assert ended["state"] == "finished", ended
     assert time.monotonic() - started < 120, "no round may wait much beyond the round timeout"
     metrics = RunDirectory(workspace / "dropout-deployed").read_metrics()
@@ -233,13 +234,12 @@ def test_coordinator_killed_mid_run_resumes_after_restart(consortium, experiment
     consortium.wait_online(set(consortium.sites))
     experiment = experiment_file("restart", rounds=6, training={"local_steps": 10})
     session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
-    session.close()
     wait_for_round(consortium, "restart", 2)
-    consortium.kill("server")  # kill -9 of the coordinator and its job process
+    consortium.kill("server")  # kill -9 of the coordinator process
     consortium.start_server()
-    consortium.wait_online(set(consortium.sites), timeout=120)
-    session = consortium.session()
-    ended = follow(session, job_id, workspace / "restart-deployed", on_progress=lambda job: None)
+    # the admin session that submitted the job follows it across the restart
+    ended = follow(consortium.kits["admin"], session, job_id, workspace / "restart-deployed",
+                   on_progress=lambda job: None)
     assert ended["state"] == "finished", ended
     run_simulation(load_experiment(experiment), workspace / "restart-simulated")
     assert_same_run(workspace / "restart-deployed", workspace / "restart-simulated")

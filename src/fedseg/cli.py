@@ -233,7 +233,7 @@ def _submit(args) -> int:
             sites = ", ".join(f"{r['site']} {r.get('train_loss', float('nan')):.3f}" for r in job.progress["last"])
             console.print(f"round {job.progress['round'] + 1}/{job.progress['rounds']} done: {sites}")
 
-    ended = follow(session, job_id, out, progress)
+    ended = follow(args.admin, session, job_id, out, progress)
     if ended.get("state") != "finished":
         raise UserError(f"job {job_id} did not finish: {ended.get('error', 'unknown reason')}")
     console.print(results_table(json.loads((out / "results.json").read_text())))

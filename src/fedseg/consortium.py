@@ -54,11 +54,14 @@ def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tup
         return session, admin.submit(session, job)
 
 
-def follow(session: Any, job_id: str, out: Path, on_progress: Callable[[admin.JobState], None]) -> dict[str, Any]:
-    """Wait for the job to end, copy its run directory to ``out`` and return how the run ended
-    (``state``: finished or failed, with the ``error``), as the coordinator recorded it."""
+def follow(admin_kit: Path, session: Any, job_id: str, out: Path,
+           on_progress: Callable[[admin.JobState], None]) -> dict[str, Any]:
+    """Wait for the job to end (across coordinator restarts), copy its run directory to ``out``
+    and return how the run ended (``state``: finished or failed, with the ``error``), as the
+    coordinator recorded it."""
+    kit = read_kit(admin_kit, "admin")
     try:
-        job = admin.wait(session, job_id, on_progress)
+        job, session = admin.wait(session, job_id, on_progress, reconnect=lambda: admin.connect(kit))
         try:
             admin.download_run(session, job_id, out)
         except UserError:

@@ -35,10 +35,6 @@ class JobState:
     def finished(self) -> bool:
         return self.status.startswith(FINISHED) or self.status in {"ABANDONED", "FAILED"}
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "FINISHED:COMPLETED" and self.progress.get("state") == "finished"
-
 
 def connect(kit: Kit, timeout: float = 20.0) -> Session:
     try:
@@ -66,16 +62,35 @@ def read_progress(session: Session, job_id: str) -> dict[str, Any]:
 
 
 def wait(session: Session, job_id: str, on_progress: Callable[[JobState], None] | None = None,
-         poll_s: float = 2.0) -> JobState:
-    """Poll until the job ends (the admin API has no push); report each new round."""
-    last_round = None
+         poll_s: float = 2.0, reconnect: Callable[[], Session] | None = None,
+         patience_s: float = 900.0) -> tuple[JobState, Session]:
+    """Poll until the job ends (the admin API has no push); report each new round. With
+    ``reconnect``, a coordinator that goes away (a restart) is waited for up to ``patience_s``
+    seconds with fresh sessions. Returns the final state and the session that saw it."""
+    last_round, lost_since = None, None
     while True:
-        state = job_state(session, job_id)
+        try:
+            state = job_state(session, job_id)
+        except Exception as exc:
+            if reconnect is None:
+                raise
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > patience_s:
+                raise UserError(f"lost the coordinator for {patience_s:.0f} s while following job {job_id} "
+                                f"({exc}); 'fedseg status' shows the job once the coordinator is back") from None
+            time.sleep(poll_s)
+            try:
+                session.close()
+                session = reconnect()
+            except Exception:  # still down: try again after the next poll interval
+                pass
+            continue
+        lost_since = None
         if on_progress and state.progress.get("round") != last_round:
             last_round = state.progress.get("round")
             on_progress(state)
         if state.finished:
-            return state
+            return state, session
         time.sleep(poll_s)
 
 
