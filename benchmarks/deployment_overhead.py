@@ -8,7 +8,15 @@ over the same echo sites are run in the in-process simulation, and the differenc
 the deployment's overhead: serialisation, TLS, FLARE's task polling, streaming aggregation,
 checkpoints. The coordinator's peak memory is the peak resident size of its job process.
 
-The script prints ratios and figures; it never asserts on time.
+The script prints ratios and figures; it never asserts on time. A second 8M run per site count
+has the sites answer 1.5 s apart, to tell memory held for concurrent arrivals from memory that
+accumulates per site.
+
+On 2 shared CPU cores (2026-11-26, every process on the same 2 cores): overhead per round 0.21 s
+(tiny model, 2 sites) and 1.15-1.33 s (8.2M parameters, 2 sites); with 8 sites 0.6-1.0 s and
+6.4-7.2 s, mostly the sites' own serialisation competing for the 2 cores. Coordinator peak memory
+over the tiny run: about 20 model sizes with 2 sites and 40-46 with 8, staggered answers alike
+(FLARE's per-site transport buffers; see README, Benchmarks).
 
 Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8]
 """
