@@ -164,6 +164,25 @@ def test_coordinator_receives_only_weights_and_scores(fedavg_run, workspace):
 
 
 @pytest.mark.slow
+def test_status_lists_sites_and_jobs(fedavg_run, consortium):
+    import io
+
+    from rich.console import Console
+
+    from fedseg import cli
+
+    buffer = io.StringIO()
+    original, cli.console = cli.console, Console(file=buffer, width=200)
+    try:
+        assert cli.main(["status", "--admin", str(consortium.kits["admin"])]) == 0
+    finally:
+        cli.console = original
+    text = buffer.getvalue()
+    assert "sites online: hospital_a, hospital_b, hospital_c" in text
+    assert "fedavg" in text and "FINISHED:COMPLETED" in text
+
+
+@pytest.mark.slow
 def test_submitting_a_finished_run_again_is_refused_without_touching_it(fedavg_run, consortium, experiment_file,
                                                                         workspace):
     owner = consortium.deployment_state("fedavg")
@@ -252,3 +271,4 @@ def wait_for_round(consortium: Consortium, experiment: str, round: int, timeout:
             return
         time.sleep(0.2)
     raise TimeoutError(f"round {round} of {experiment} not done after {timeout} s; logs in {consortium.logs}")
+
