@@ -7,7 +7,6 @@ above it.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Protocol
 
 from fedseg.plans.base import ComputePlan
@@ -40,15 +39,8 @@ class SiteApp(Protocol):
     def evaluate(self, weights: Weights, split: str = "test") -> list[CaseMetrics]: ...
 
 
-class CoordinatorFactory(Protocol):
-    def __call__(self, experiment: str) -> CoordinatorApp: ...
-
-
-class SiteFactory(Protocol):
-    def __call__(self, experiment: str, site: str, data: Path, state_dir: Path) -> SiteApp: ...
-
-
 def load_factory(reference: str):
-    """The function ``module:function`` names."""
+    """The function ``module:function`` names: for the coordinator ``f(experiment_toml) ->
+    CoordinatorApp``, for a site ``f(experiment_toml, site, data_folder, state_dir) -> SiteApp``."""
     module, _, name = reference.partition(":")
     return getattr(importlib.import_module(module), name)
