@@ -6,6 +6,8 @@ certificate and the admin's role before it accepts a job.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -38,7 +40,8 @@ class JobState:
 
 def connect(kit: Kit, timeout: float = 20.0) -> Session:
     try:
-        return new_secure_session(kit.name, str(kit.root), timeout=timeout)
+        with contextlib.redirect_stdout(io.StringIO()):  # FLARE prints "Connecting to FLARE ..."
+            return new_secure_session(kit.name, str(kit.root), timeout=timeout)
     except Exception as exc:
         raise UserError(f"cannot log in to the coordinator of project '{kit.project}' with the kit {kit.root}: "
                         f"{exc}. Is 'fedseg server' running and reachable?") from None
