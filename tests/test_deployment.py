@@ -50,7 +50,7 @@ def experiment_file(workspace):
 
 
 @pytest.fixture(scope="module")
-def consortium(workspace, experiment_file):
+def consortium(workspace):
     sites = {site["name"]: Path(site["path"]) for site in tiny_experiment(workspace)["sites"]}
     network = Consortium(workspace, sites)
     network.start_all()

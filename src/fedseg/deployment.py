@@ -18,14 +18,13 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fedseg.data.dataset import SiteDataset
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.plans.base import ComputePlan
 from fedseg.report.markdown import write_report
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.simulate import initial_weights, prepare_run_dir, write_results
+from fedseg.simulate import initial_weights, load_site, prepare_run_dir, write_results
 from fedseg.training.trainer import SiteTrainer
 from fedseg.types import CaseMetrics, Weights
 
@@ -89,10 +88,8 @@ def site_app(experiment: str, site: str, data: Path, state_dir: Path) -> SiteTra
     if site not in specs:
         raise UserError(f"site '{site}' is not in the experiment's [[sites]] ({sorted(specs)}); "
                         "the experiment's site names must match the names in PROJECT.toml")
-    spec = replace(specs[site], path=Path(data))
     try:
-        dataset = SiteDataset(spec, parsed.task, parsed.preprocessing, parsed.splits, parsed.seed,
-                              parsed.model.downsampling_factor)
+        dataset = load_site(parsed, replace(specs[site], path=Path(data)))
     except DataError as exc:
         raise UserError(f"site '{site}': {exc}") from None
     return SiteTrainer(dataset, parsed.model, parsed.training, state_dir=state_dir)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fedseg.arms import ArmRunner, ProgressFactory
-from fedseg.data.dataset import SiteDataset
+from fedseg.data.dataset import SiteDataset, SiteSpec
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
 from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, failures, write_cross_site_csv
@@ -29,14 +29,18 @@ from fedseg.training.weights import get_weights
 from fedseg.types import CaseMetrics, Weights
 
 
+def load_site(experiment: Experiment, spec: SiteSpec) -> SiteDataset:
+    """One site read, checked and preprocessed as ``experiment`` says (raises DataError)."""
+    return SiteDataset(spec, experiment.task, experiment.preprocessing, experiment.splits, experiment.seed,
+                       experiment.model.downsampling_factor)
+
+
 def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
     """Every site read, checked and preprocessed; all sites' problems are reported together."""
     sites, errors = {}, []
-    divisible_by = experiment.model.downsampling_factor
     for spec in experiment.sites:
         try:
-            sites[spec.name] = SiteDataset(spec, experiment.task, experiment.preprocessing, experiment.splits,
-                                           experiment.seed, divisible_by)
+            sites[spec.name] = load_site(experiment, spec)
         except DataError as exc:
             errors.append(str(exc))
     if errors:

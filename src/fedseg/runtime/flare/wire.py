@@ -42,7 +42,7 @@ def update_from_wire(model: FLModel) -> Update:
 def cases_to_wire(site: str, cases: list[CaseMetrics]) -> list[dict[str, Any]]:
     """Per-case scores under pseudonyms, in the order of the site's sorted test cases."""
     order = sorted(cases, key=lambda c: c.case)
-    return [{**CaseMetrics(f"{site}-case-{i:03d}", c.dice, c.hd95, c.bbox_coverage, c.failed).as_dict()}
+    return [CaseMetrics(f"{site}-case-{i:03d}", c.dice, c.hd95, c.bbox_coverage, c.failed).as_dict()
             for i, c in enumerate(order)]
 
 
