@@ -10,7 +10,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-LOSSES = ("dice", "dice_ce", "bce")
+from fedseg.training.config import LOSSES
 
 
 def output_channels(loss: str, n_classes: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,49 +20,15 @@ from fedseg.data.dataset import SiteDataset
 from fedseg.data.task import Task
 from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
+from fedseg.training.config import TrainingConfig
 from fedseg.training.inference import predict_probabilities
-from fedseg.training.losses import LOSSES, build_loss, output_channels, probabilities_to_labels
+from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
-OPTIMIZERS = ("adam",)
 Model = Weights | list[Weights]
 """One model's weights, or an ensemble's members."""
-OPTIMIZER_STATES = ("reset", "keep")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Local optimisation; ``batch_size`` counts cases, each giving ``patches_per_case`` patches."""
-
-    loss: str = "dice_ce"
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    local_epochs: int = 1
-    local_steps: int | None = None
-    sw_batch_size: int = 4
-    sw_overlap: float = 0.25
-    validate_local: bool = True
-    """Score the locally trained model on the site's validation cases (``val_dice`` in the update)."""
-    optimizer_state: str = "reset"
-    """``reset``: a fresh Adam every round; ``keep``: each site keeps its Adam moments across rounds."""
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"training.loss must be one of {LOSSES}, got '{self.loss}'")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
-        if self.lr <= 0 or self.batch_size < 1 or self.local_epochs < 1:
-            raise ValueError("training.lr must be > 0, training.batch_size and training.local_epochs >= 1")
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise ValueError(f"training.optimizer_state must be one of {OPTIMIZER_STATES}, "
-                             f"got '{self.optimizer_state}'")
-        if self.local_steps is not None and self.local_steps < 1:
-            raise ValueError(f"training.local_steps must be >= 1 when given, got {self.local_steps}")
 
 
 def build_site_network(model: ModelConfig, task: Task, loss: str) -> torch.nn.Module:
