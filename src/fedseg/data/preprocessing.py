@@ -8,27 +8,19 @@ a training batch is drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from monai.transforms import (
-    Compose,
-    DivisiblePadd,
-    FgBgToIndicesd,
-    NormalizeIntensityd,
-    Orientationd,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandRotate90d,
-    Resized,
-    ResizeWithPadOrCropd,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
-    Spacingd,
-    SpatialPadd,
-)
+from fedseg.tables import check_range
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 KEYS = ("image", "label")
 INTENSITY_MODES = ("none", "clip_rescale", "percentile_rescale", "zscore")
 RESIZE_MODES = ("pad_crop", "resize")
+MAX_SIZE = 4096
+"""Largest ``spatial_size`` or ``patch_size`` along one axis, in voxels."""
+AXES = ("LR", "AP", "SI")
 
 
 @dataclass(frozen=True)
@@ -56,17 +48,26 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.intensity not in INTENSITY_MODES:
-            raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got '{self.intensity}'")
-        if self.intensity == "clip_rescale" and (self.clip is None or len(self.clip) != 2
-                                                 or self.clip[0] >= self.clip[1]):
-            raise ValueError(f"preprocessing.clip must be [lower, upper] with lower < upper for "
-                             f"intensity = 'clip_rescale', got {self.clip}")
+            raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r:.40}")
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"preprocessing.resize_mode must be one of {RESIZE_MODES}, got '{self.resize_mode}'")
-        if not 0.0 <= self.foreground_ratio <= 1.0:
-            raise ValueError(f"preprocessing.foreground_ratio must be within [0, 1], got {self.foreground_ratio}")
-        if self.patches_per_case < 1:
-            raise ValueError(f"preprocessing.patches_per_case must be >= 1, got {self.patches_per_case}")
+            raise ValueError(f"preprocessing.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r:.40}")
+        if (self.intensity == "clip_rescale" or self.clip is not None) and (
+                self.clip is None or len(self.clip) != 2 or self.clip[0] >= self.clip[1]):
+            raise ValueError(f"preprocessing.clip must be [lower, upper] with lower < upper for "
+                             f"intensity = 'clip_rescale', e.g. [-200, 250], got {self.clip and list(self.clip)}")
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError(f"preprocessing.percentiles must be [lower, upper] with 0 <= lower < upper <= 100, "
+                             f"e.g. [0.5, 99.5], got {list(self.percentiles)}")
+        for value in self.spacing or ():
+            check_range("preprocessing.spacing: each value (mm)", value, 0, above=True)
+        for name in ("spatial_size", "patch_size"):
+            for value in getattr(self, name) or ():
+                check_range(f"preprocessing.{name}: each size (voxels)", value, 1, MAX_SIZE)
+        check_range("preprocessing.foreground_ratio", self.foreground_ratio, 0, 1)
+        check_range("preprocessing.patches_per_case", self.patches_per_case, 1, 1024)
+        if self.orientation and not _orientation_ok(self.orientation):
+            raise ValueError(f"preprocessing.orientation must be 3 letters naming each axis once (one of L/R, A/P, "
+                             f"S/I), e.g. 'RAS', or '' to keep the files' orientation; got {self.orientation!r:.20}")
 
     def check_dims(self, spatial_dims: int) -> None:
         for name in ("spacing", "spatial_size", "patch_size"):
@@ -76,11 +77,19 @@ class Preprocessing:
                                  f"{spatial_dims}D: give {spatial_dims} values")
 
 
+def _orientation_ok(code: str) -> bool:
+    return len(code) == 3 and sorted(next((a for a in AXES if c in a), "?") for c in code) == sorted(AXES)
+
+
 def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: int) -> Compose:
     """Steps applied once per case; the result is what gets cached and evaluated on.
 
     The output keeps MONAI's metadata (the affine after resampling); the cache strips it.
     """
+    from monai.transforms import (Compose, DivisiblePadd, FgBgToIndicesd, NormalizeIntensityd, Orientationd,
+                                  Resized, ResizeWithPadOrCropd, ScaleIntensityRanged,
+                                  ScaleIntensityRangePercentilesd, Spacingd, SpatialPadd)
+
     steps: list = []
     if spatial_dims == 3 and p.orientation:
         steps.append(Orientationd(keys=KEYS, axcodes=p.orientation, labels=None))
@@ -110,6 +119,8 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
 
 def random_transforms(p: Preprocessing, spatial_dims: int) -> Compose:
     """Steps drawn anew for every training sample; seeded by the trainer each round."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
+
     steps: list = []
     if p.patch_size is not None:
         steps.append(RandCropByPosNegLabeld(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +21,8 @@ class SplitFractions:
 
     def __post_init__(self) -> None:
         values = (self.train, self.val, self.test)
-        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and add up to 1, got "
+        if not all(math.isfinite(v) and 0 <= v <= 1 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must be within [0, 1] and add up to 1, got "
                              f"train={self.train}, val={self.val}, test={self.test}")
 
 

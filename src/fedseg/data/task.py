@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Integral
 
+from fedseg.tables import check_range
+
+MAX_LABEL = 2**31 - 1
+"""Label values are stored as integers of at most 32 bits."""
+
 
 @dataclass(frozen=True)
 class Task:
@@ -17,13 +22,14 @@ class Task:
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"task.spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.in_channels < 1:
-            raise ValueError(f"task.in_channels must be >= 1, got {self.in_channels}")
+        check_range("task.in_channels", self.in_channels, 1, 64)
+        if any(not isinstance(k, str) or not k.strip() for k in self.labels):
+            raise ValueError(f"task.labels names must be non-empty, got {list(self.labels)}")
         values = list(self.labels.values())
         if 0 not in values:
             raise ValueError(f"task.labels must map a background class to 0, got {self.labels}")
-        if any(not isinstance(v, Integral) or isinstance(v, bool) or v < 0 for v in values):
-            raise ValueError(f"task.labels values must be integers >= 0 as stored in the label files, "
+        if any(not isinstance(v, Integral) or isinstance(v, bool) or not 0 <= v <= MAX_LABEL for v in values):
+            raise ValueError(f"task.labels values must be integers from 0 to {MAX_LABEL} as stored in the label files, "
                              f"got {self.labels}")
         if len(set(values)) != len(values) or len(values) < 2:
             raise ValueError(f"task.labels needs at least two classes with distinct values, got {self.labels}")

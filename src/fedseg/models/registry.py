@@ -1,13 +1,24 @@
-"""Build a MONAI segmentation network from a small, named configuration."""
+"""Build a MONAI segmentation network from a small, named configuration.
+
+``ModelConfig`` is checked here against what MONAI's networks accept, without importing MONAI or
+torch (they are imported when a network is built), so reading an experiment file stays light.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from monai.networks.nets import BasicUNet, SegResNet, UNet
-from torch import nn
+from fedseg.tables import check_range
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NETWORKS = ("UNet", "BasicUNet", "SegResNet")
+NORMS = ("instance", "batch")
+"""MONAI's norm layers that need no arguments besides the channels (``group``, ``layer`` and
+``localresponse`` do); ``tests/test_config_ranges.py`` checks each builds every network."""
+MAX_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,12 @@ class ModelConfig:
             raise ValueError(f"model.channels for BasicUNet needs 6 widths, got {list(self.channels)}")
         if len(self.channels) < 2:
             raise ValueError(f"model.channels needs at least 2 widths, got {list(self.channels)}")
+        for width in self.channels:
+            check_range("model.channels: each width", width, 1, MAX_WIDTH)
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r:.40}")
+        check_range("model.num_res_units", self.num_res_units, 0, 16)
+        check_range("model.dropout", self.dropout, 0, 1, below=True)
 
     @property
     def downsampling_factor(self) -> int:
@@ -36,6 +53,8 @@ class ModelConfig:
 
 
 def build_network(config: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    from monai.networks.nets import BasicUNet, SegResNet, UNet
+
     if config.name == "UNet":
         return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                     channels=config.channels, strides=(2,) * (len(config.channels) - 1),
