@@ -137,7 +137,7 @@ def test_k_fold_federations_are_evaluated_as_one_ensemble(tmp_path):
 
 
 def test_ensemble_of_identical_members_predicts_like_one_model_and_folds_partition(tmp_path):
-    from fedseg.simulate import load_sites
+    from fedseg.study import load_sites
     from fedseg.training.trainer import SiteTrainer
     from fedseg.training.weights import get_weights
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedseg.experiment import load_experiment
-from fedseg.simulate import load_sites
+from fedseg.study import load_sites
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
 

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from fedseg.experiment import ConfigError, parse_experiment
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from fedseg.deployment import COMPONENTS, Coordinator, Site
 from fedseg.runtime.flare import processes, wire
+from fedseg.runtime.site_app import pseudonymous
 from fedseg.runtime.flare.job import write_job
 from fedseg.runtime.flare.provision import Network, load_project, provision, read_kit
 from fedseg.runtime.round_policy import RoundPolicy
@@ -33,30 +37,50 @@ def test_deployment_table_is_checked_like_the_rest_of_the_experiment(tmp_path):
         parse_experiment({**base, "deployment": {"timeout": 30}})
 
 
-def test_wire_round_trip_keeps_weights_configs_and_scores_without_case_names():
+def test_wire_round_trip_keeps_weights_configs_counts_and_scores():
     update = Update({"w": np.arange(4, dtype=np.float32), "n": np.array(3)}, n_samples=7, metrics={"val_dice": 0.5})
-    back = wire.update_from_wire(wire.update_to_wire(update))
+    back = wire.reply_from_wire("train", wire.reply_to_wire("train", update))
     np.testing.assert_array_equal(back.weights["w"], update.weights["w"])
     assert back.n_samples == 7 and back.metrics == {"val_dice": 0.5}
     config = RoundConfig(round=2, seed=11, local_epochs=None, local_steps=5, extra={"proximal_mu": 0.01})
     assert wire.round_config_from_wire(wire.round_config_to_wire(config)) == config
-    cases = [CaseMetrics("patient_smith_b", {"x": 0.5}), CaseMetrics("patient_jones_a", {"x": float("nan")})]
-    sent = wire.cases_to_wire("site_a", cases)
-    assert [c["case"] for c in sent] == ["site_a-case-000", "site_a-case-001"]  # sorted order, no names
-    assert "patient" not in json.dumps(sent)
-    assert wire.cases_from_wire(sent)[0].dice == {"x": np.nan} or np.isnan(wire.cases_from_wire(sent)[0].dice["x"])
+    assert wire.reply_from_wire("join", wire.reply_to_wire("join", {"train": 3, "val": 1, "test": 2})) == \
+        {"train": 3, "val": 1, "test": 2}
+    cases = pseudonymous("site_a", [CaseMetrics("patient_smith_b", {"x": 0.5}),
+                                    CaseMetrics("patient_jones_a", {"x": float("nan")})])
+    assert [c.case for c in cases] == ["site_a-case-000", "site_a-case-001"]  # sorted order, no names
+    sent = wire.reply_to_wire("evaluate", cases)
+    assert "patient" not in json.dumps(sent.meta)
+    back = wire.reply_from_wire("evaluate", sent)
+    assert back[1].dice == {"x": 0.5} and np.isnan(back[0].dice["x"])
+
+
+@pytest.mark.parametrize("task, model", [
+    ("train", FLModel(params={"w": "not an array"}, meta={"n_samples": 3})),
+    ("train", FLModel(params={"w": np.zeros(2)}, meta={})),
+    ("join", FLModel(meta={"declared": [1, 2]})),
+    ("evaluate", FLModel(meta={"cases": [{"case": "x", "dice": {"a": "high"}, "hd95": {}, "bbox_coverage": {},
+                                          "failed": []}]})),
+    ("validate", FLModel(metrics={1: 0.5})),
+])
+def test_replies_that_do_not_fit_the_wire_format_are_errors_not_crashes(task, model):
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        wire.reply_from_wire(task, model)
 
 
 def test_job_folder_names_only_fedseg_components(tmp_path):
     job = write_job(tmp_path / "job", "exp", 'name = "exp"', resume=True, min_sites=2,
-                    network=Network(task_poll_interval_s=0.2))
+                    network=Network(task_poll_interval_s=0.2), components=COMPONENTS)
     meta = json.loads((job / "meta.json").read_text())
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
     assert meta["min_clients"] == 2
     assert server["server"]["task_request_interval"] == 0.2 and client["default_task_fetch_interval"] == 0.2
-    assert server["workflows"][0]["path"] == processes.CONTROLLER and server["workflows"][0]["args"]["resume"]
-    assert client["executors"][0]["executor"]["path"] == processes.EXECUTOR
+    assert server["workflows"][0]["path"] == COMPONENTS.controller and server["workflows"][0]["args"]["resume"]
+    assert client["executors"][0]["executor"]["path"] == COMPONENTS.executor
+    # the job names classes only; no argument names anything to import (findings: "builtins:exec")
+    assert set(server["workflows"][0]["args"]) == {"experiment", "resume"}
+    assert set(client["executors"][0]["executor"]["args"]) == {"experiment", "run_name"}
     assert not (job / "app" / "custom").exists()  # no code travels with a job
 
 
@@ -71,12 +95,12 @@ def kits(tmp_path):
 def test_local_settings_allow_fedseg_and_tune_the_network(kits):
     server, site = read_kit(kits["coordinator"], "server"), read_kit(kits["a"], "site")
     assert server.network == Network(heartbeat_timeout_s=7.0)
-    processes.configure_server(server)
-    processes.configure_site(site)
+    processes.configure_server(server, COMPONENTS.controller)
+    processes.configure_site(site, COMPONENTS.executor)
     server_settings = json.loads((server.root / "local" / "resources.json").read_text())
     site_settings = json.loads((site.root / "local" / "resources.json").read_text())
-    assert processes.CONTROLLER in server_settings["class_allow_list"]
-    assert processes.EXECUTOR in site_settings["class_allow_list"]
+    assert COMPONENTS.controller in server_settings["class_allow_list"]
+    assert site_settings["class_allow_list"] == [COMPONENTS.executor]
     assert server_settings["servers"][0]["heart_beat_timeout"] == 7.0
     assert server_settings["servers"][0]["task_request_interval"] == 0.1
     job_store = next(c for c in server_settings["components"] if c["id"] == "job_manager")["args"]["uri_root"]
@@ -96,3 +120,12 @@ def test_jobs_left_running_by_a_crash_are_queued_again(kits):
     assert store.get_meta(str(root / "j-running"))["status"] == "SUBMITTED"
     assert not (root / "j-running" / "scheduled").exists()
     assert store.get_meta(str(root / "j-done"))["status"] == "FINISHED:COMPLETED"
+
+
+def test_a_job_cannot_name_a_factory_for_the_coordinator_or_the_sites_to_call():
+    """Finding 4: a job with coordinator_factory = "builtins:exec" ran code on the coordinator.
+    The components take the experiment text and nothing that names code."""
+    with pytest.raises(TypeError):
+        Coordinator(experiment='name = "x"', app_factory="builtins:exec")
+    with pytest.raises(TypeError):
+        Site(experiment='name = "x"', app_factory="builtins:exec")

@@ -1,6 +1,7 @@
 """The architecture stays visible: no module imports from a layer above its own."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ LAYERS = [
     {"plans"},
     {"runtime"},
     {"evaluation", "report"},
-    {"experiment", "arms", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli"},
+    {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
@@ -23,9 +24,18 @@ def top_name(path: Path) -> str:
     return relative.parts[0].removesuffix(".py")
 
 
+IMPORT_PATH = re.compile(r"fedseg\.(\w+)(\.\w+)*(:\w+)?")
+"""A string that names a module, class or function to import (``fedseg.x.y.Class``, ``fedseg.x:f``)."""
+
+
 def fedseg_imports(path: Path) -> set[str]:
+    """Layers a module imports, including names it would resolve by string (a job or settings
+    naming ``fedseg.deployment.Coordinator`` is an import of that module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        named = isinstance(node, ast.Constant) and isinstance(node.value, str) and IMPORT_PATH.fullmatch(node.value)
+        if named and named.group(1) in LAYER_OF:  # not "fedseg.json", a file name
+            found.add(named.group(1))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedseg."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -66,3 +76,9 @@ def test_only_the_flare_adapter_imports_nvflare():
         names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [n for n in names if n.split(".")[0] == "nvflare"], path
+
+
+def test_a_name_resolved_by_string_counts_as_an_import(tmp_path):
+    module = tmp_path / "lower.py"
+    module.write_text('"""Docs may say fedseg.deployment freely."""\nFACTORY = "fedseg.deployment:coordinator_app"\n')
+    assert fedseg_imports(module) == {"deployment"}

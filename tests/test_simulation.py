@@ -19,8 +19,10 @@ from fedseg.plans.cyclic import CyclicWeightTransfer
 from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.fedopt import FedOpt
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.runtime.simulation import SimulationRuntime
-from fedseg.simulate import initial_weights, run_simulation
+from fedseg.runtime.simulation import simulation_engine
+from fedseg.runtime.site_app import SiteApp
+from fedseg.simulate import run_simulation
+from fedseg.study import initial_weights
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.types import CaseMetrics, Update
 from tiny_experiment import tiny_experiment
@@ -145,7 +147,7 @@ def test_federated_training_learns(tmp_path):
                                                   training={"local_steps": 8}))
     results = run_simulation(experiment, tmp_path / "run")
     trainers = {}
-    from fedseg.simulate import load_sites  # the same sites, to score the untrained model
+    from fedseg.study import load_sites  # the same sites, to score the untrained model
 
     for name, data in load_sites(experiment).items():
         trainers[name] = SiteTrainer(data, experiment.model, experiment.training)
@@ -171,9 +173,20 @@ class FakeSite:
         self.evaluated += 1
         return [CaseMetrics("case", {"lesion": self.dice})]
 
+    def case_counts(self):
+        return {"train": 4, "val": 1, "test": 1}
+
+    def weights(self):
+        return dict(START)
+
 
 def fake_sites():
     return {"a": FakeSite(0.8), "b": FakeSite(0.0), "c": FakeSite(0.4), "d": FakeSite(0.2)}
+
+
+def SimulationRuntime(plan, sites, run_dir):
+    """The round engine over in-process site apps wrapping the fake sites."""
+    return simulation_engine(plan, {name: SiteApp(name, site) for name, site in sites.items()}, run_dir)
 
 
 START = {"w": np.arange(6, dtype=np.float32)}
@@ -188,7 +201,7 @@ def test_records_carry_aggregation_weights_and_the_plan_summary(tmp_path):
     for round in range(3):
         records = [r for r in lines if r["round"] == round]
         chosen = list(plan.configure_train(round, sorted(sites)))
-        assert [r["site"] for r in records] == chosen
+        assert [r["site"] for r in records] == sorted(chosen)
         floored = {s: max(sites[s].dice, 0.05) for s in chosen}
         expected = {s: w / sum(floored.values()) for s, w in floored.items()}
         assert {r["site"]: r["aggregation_weight"] for r in records} == pytest.approx(expected)
@@ -220,7 +233,7 @@ def test_fedadam_resumed_through_the_run_directory_equals_a_straight_run(tmp_pat
     resumed = runtime(tmp_path / "resumed").run(START, rounds=4, resume=True)
     assert straight["w"].tobytes() == resumed["w"].tobytes()
     def lines(out):
-        return [{k: v for k, v in r.items() if k != "global_val_seconds"} for r in RunDirectory(out).read_metrics()]
+        return [{k: v for k, v in r.items() if k != "round_seconds"} for r in RunDirectory(out).read_metrics()]
 
     assert lines(tmp_path / "straight") == lines(tmp_path / "resumed")
     assert [r["round"] for r in lines(tmp_path / "resumed")] == [r for r in range(4) for _ in range(3)]

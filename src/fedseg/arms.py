@@ -24,13 +24,17 @@ from fedseg.experiment import Experiment
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.fedavg import FedAvg
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.runtime.simulation import SimulationRuntime
+from fedseg.runtime.simulation import InProcessDispatcher
+from fedseg.runtime.site_app import SiteApp
 from fedseg.seeding import stable_seed
-from fedseg.training.trainer import Model, SiteTrainer
+from fedseg.study import round_engine, site_app
 from fedseg.types import Weights
 
-ProgressFactory = Callable[[str, int, int], object]
-"""``progress(arm, rounds, n_sites)`` -> a context manager that is a RoundObserver."""
+Model = Weights | list[Weights]
+"""One model's weights, or an ensemble's members."""
+
+ProgressFactory = Callable[[str], object]
+"""``progress(arm)`` -> a context manager that is a RoundObserver."""
 
 
 @dataclass
@@ -49,25 +53,25 @@ class ArmRunner:
         its own train/val re-split of every site, as Sarma et al.'s 5 averaged submodels) and,
         with ``fine_tune_epochs``, each site's FL_local (one per ensemble member)."""
         folds = self.experiment.federation.folds
-        members: list[tuple[Weights, dict[str, SiteTrainer]]] = []
+        members: list[tuple[Weights, dict[str, SiteApp]]] = []
         for fold in range(folds):
             if folds == 1:
                 name, arm_dir, datasets = "FL_global", self.run_dir, self.datasets
             else:
                 name, arm_dir = f"FL_global_fold{fold}", self._arm_dir(f"FL_global_fold{fold}")
                 datasets = {site: data.fold(fold, folds, self.experiment.seed) for site, data in self.datasets.items()}
-            trainers = self._trainers(datasets, arm_dir.root)
-            members.append((self._train(name, make_plan(), trainers, rounds, arm_dir), trainers))
+            apps = self._apps(datasets, arm_dir.root)
+            members.append((self._train(name, make_plan(), apps, rounds, arm_dir), apps))
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
         epochs = self.experiment.federation.fine_tune_epochs
         for site in list(self.datasets) if epochs else []:
             tuned = []
-            for fold, (weights, trainers) in enumerate(members):
+            for fold, (weights, apps) in enumerate(members):
                 name = f"FL_local_{site}" + (f"_fold{fold}" if folds > 1 else "")
                 saved = self._saved(name)
                 if saved is None:
                     seed = stable_seed(self.experiment.seed, "fine_tune", site, fold)
-                    saved = self._save(name, trainers[site].fine_tune(weights, epochs, seed).weights)
+                    saved = self._save(name, apps[site].trainer.fine_tune(weights, epochs, seed).weights)
                 tuned.append(saved)
             models[f"FL_local_{site}"] = _one_or_all(tuned)
         return models
@@ -77,36 +81,38 @@ class ArmRunner:
         for site, data in self.datasets.items():
             name = f"standalone_{site}"
             arm_dir = self._arm_dir(name)
-            trainers = self._trainers({site: data}, arm_dir.root)
-            models[name] = self._train(name, self._single_site_plan(), trainers,
+            apps = self._apps({site: data}, arm_dir.root)
+            models[name] = self._train(name, self._single_site_plan(), apps,
                                        self.experiment.federation.rounds, arm_dir)
         return models
 
     def centralized(self) -> dict[str, Weights]:
         arm_dir = self._arm_dir("centralized")
         pooled = SiteDataset.pooled("centralized", list(self.datasets.values()))
-        trainers = self._trainers({"centralized": pooled}, arm_dir.root)
-        return {"centralized": self._train("centralized", self._single_site_plan(), trainers,
+        apps = self._apps({"centralized": pooled}, arm_dir.root)
+        return {"centralized": self._train("centralized", self._single_site_plan(), apps,
                                            self.experiment.federation.rounds, arm_dir)}
 
     # -------------------------------------------------------------------------------------------
-    def _train(self, name: str, plan: ComputePlan, trainers: dict[str, SiteTrainer], rounds: int,
+    def _train(self, name: str, plan: ComputePlan, apps: dict[str, SiteApp], rounds: int,
                arm_dir: RunDirectory) -> Weights:
         if (saved := self._saved(name)) is not None:
             return saved
-        watch = self.progress(name, rounds, len(trainers)) if self.progress else nullcontext()
-        with watch as observer:
-            runtime = SimulationRuntime(plan, trainers, arm_dir, observer, self.experiment.federation.validate_global)
-            weights = runtime.run(self.initial, rounds, resume=self.resume)
+        with self.progress(name) if self.progress else nullcontext() as observer:
+            engine = round_engine(self.experiment, plan, InProcessDispatcher(apps), arm_dir, list(apps), observer)
+            weights = engine.run(self.initial, rounds, resume=self.resume)
         return self._save(name, weights)
 
     def _single_site_plan(self) -> ComputePlan:
         training = self.experiment.training
         return FedAvg(seed=self.experiment.seed, local_epochs=training.local_epochs, local_steps=training.local_steps)
 
-    def _trainers(self, datasets: dict[str, SiteDataset], root: Path) -> dict[str, SiteTrainer]:
-        return {name: SiteTrainer(data, self.experiment.model, self.experiment.training,
-                                  state_dir=root / "sites" / name) for name, data in datasets.items()}
+    def _apps(self, datasets: dict[str, SiteDataset], root: Path) -> dict[str, SiteApp]:
+        return {name: site_app(self.experiment, data, state_dir=root / "sites" / name, fault=self._fault(name))
+                for name, data in datasets.items()}
+
+    def _fault(self, site: str) -> str | None:
+        return self.experiment.faults.get(site)
 
     def _arm_dir(self, name: str) -> RunDirectory:
         arm_dir = RunDirectory(self.run_dir.root / "arms" / name)

@@ -85,6 +85,12 @@ def _deployment_commands(commands) -> None:
     site.add_argument("kit", type=Path, help="the site's kit (KITS_DIR/<site>)")
     site.add_argument("--data", type=Path, required=True, help="this site's data folder or CSV manifest; "
                                                                "it never leaves the site")
+    site.add_argument("--share-logs", action="store_true",
+                      help="let the coordinator receive this site's job error logs and its admins read the "
+                           "site's logs (off by default: log lines may name patients' files)")
+    site.add_argument("--fault", metavar="KIND",
+                      help="robustness testing only: this site misbehaves on purpose (nan, random, scale:K) "
+                           "so the coordinator's guards can be seen at work")
     site.set_defaults(handler=_site)
 
     submit = commands.add_parser("submit", help="run an experiment file on the consortium")
@@ -117,7 +123,7 @@ def _run(experiment, out: Path, resume: bool) -> dict:
                   f"{experiment.federation.rounds} rounds of {experiment.plan['name']}, "
                   f"arms: {', '.join(experiment.arms)}; reading and checking the data ...")
     results = run_simulation(experiment, out, resume=resume,
-                             progress=lambda arm, rounds, n: ProgressObserver(console, rounds, n, label=arm))
+                             progress=lambda arm: ProgressObserver(console, label=arm))
     console.print(results_table(results))
     if len(results["models"]) > 1:
         console.print(matrix_table(results["matrix"]))
@@ -211,7 +217,7 @@ def _server(args) -> int:
 def _site(args) -> int:
     from fedseg.consortium import run_site
 
-    run_site(args.kit, args.data)
+    run_site(args.kit, args.data, share_logs=args.share_logs, fault=args.fault)
     return 0
 
 

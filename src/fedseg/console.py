@@ -12,14 +12,15 @@ from fedseg.types import Update
 
 
 class ProgressObserver:
-    """A progress bar over (round, site) trainings, with the last loss and validation Dice."""
+    """A progress bar over the (round, site) trainings the plan schedules, with the last loss and
+    validation Dice. The engine tells it how many trainings are planned (cyclic plans train one
+    site a round, sampled plans a share of the sites)."""
 
-    def __init__(self, console: Console, rounds: int, n_sites: int, label: str = "training"):
+    def __init__(self, console: Console, label: str = "training"):
         self.console = console
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
-        self.task = self.progress.add_task(label, total=rounds * n_sites, status="")
-        self.n_sites = n_sites
+        self.task = self.progress.add_task(label, total=None, status="")
         self.label = label
 
     def __enter__(self) -> "ProgressObserver":
@@ -29,9 +30,11 @@ class ProgressObserver:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def planned(self, trainings: int) -> None:
+        self.progress.update(self.task, total=trainings, completed=0)
+
     def round_started(self, round: int, sites: list[str]) -> None:
-        self.progress.update(self.task, description=f"{self.label} round {round + 1}",
-                             completed=round * self.n_sites)
+        self.progress.update(self.task, description=f"{self.label} round {round + 1}")
 
     def site_trained(self, round: int, site: str, update: Update) -> None:
         self.progress.update(self.task, advance=1,

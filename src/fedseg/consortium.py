@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedseg.deployment import deployable
+from fedseg.deployment import COMPONENTS, deployable
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment
 from fedseg.runtime.flare import admin, processes
 from fedseg.runtime.flare.job import DEPLOYMENT_FILE, write_job
 from fedseg.runtime.flare.provision import Kit, load_project, provision, read_kit
+from fedseg.runtime.site_app import check_fault
 
 
 def provision_kits(project_file: Path, out: Path) -> dict[str, Path]:
@@ -26,21 +27,27 @@ def provision_kits(project_file: Path, out: Path) -> dict[str, Path]:
 def run_server(kit_dir: Path, runs: Path | None = None, announce: Callable[[str], None] = print) -> None:
     """Replace this process with the coordinator (so a supervisor's kill reaches FLARE itself)."""
     kit = read_kit(kit_dir, "server")
-    processes.configure_server(kit)
+    processes.configure_server(kit, COMPONENTS.controller)
     for job in processes.requeue_interrupted_jobs(kit):
         announce(f"job {job} was interrupted by the last shutdown; it will resume from its last round")
     command = processes.server_command(kit)
     os.execve(command[0], command, processes.server_environment(kit, runs))
 
 
-def run_site(kit_dir: Path, data: Path) -> None:
+def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | None = None) -> None:
+    """Replace this process with the site. Its logs stay here unless ``share_logs``: the choice
+    is the site operator's alone (nothing in a job or in the coordinator's kits can make it)."""
     kit = read_kit(kit_dir, "site")
     if not Path(data).is_dir() and not Path(data).is_file():
         raise UserError(f"--data {data} does not exist; give the folder (images/ + labels/) or CSV manifest "
                         f"of site '{kit.name}'")
-    processes.configure_site(kit)
+    try:
+        check_fault(fault)
+    except ValueError as exc:
+        raise UserError(f"--fault: {exc}") from None
+    processes.configure_site(kit, COMPONENTS.executor, share_logs)
     command = processes.site_command(kit)
-    os.execve(command[0], command, processes.site_environment(data))
+    os.execve(command[0], command, processes.site_environment(data, fault))
 
 
 def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tuple[Any, str]:
@@ -50,7 +57,8 @@ def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tup
     session = admin.connect(kit)
     with tempfile.TemporaryDirectory() as scratch:
         job = write_job(Path(scratch) / experiment.name, experiment.name, experiment.to_toml(), resume,
-                        min_sites=experiment.deployment.needed(len(experiment.sites)), network=kit.network)
+                        min_sites=experiment.deployment.needed(len(experiment.sites)), network=kit.network,
+                        components=COMPONENTS)
         return session, admin.submit(session, job)
 
 

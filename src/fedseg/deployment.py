@@ -1,11 +1,13 @@
-"""An experiment file run for real across institutions: what the FLARE adapter builds and calls.
+"""An experiment file run for real across institutions: the coordinator and site classes a job runs.
 
-The adapter (``runtime/flare``) asks for a coordinator app and a site app by name; these
-factories make them from the same experiment file ``fedseg simulate`` reads, so the plan, the
-model, the preprocessing and the trainer are the ones simulation uses. What differs: each site
-reads the data folder given to ``fedseg site --data`` (the ``path`` of its ``[[sites]]`` entry is
-ignored there), and the run directory is written on the coordinator, without the example
-overlays (they are pictures of patients' images, which stay at the sites).
+FLARE starts the two classes named here (``COMPONENTS``, fixed in code; each kit's allow-list
+admits exactly these), with the experiment's text as their argument. They assemble the study with
+``study``, as simulation does, and run it through the round engine with FLARE as the dispatcher,
+so the plan, the checks, the model, the preprocessing and the trainer are the ones simulation
+uses. What differs: each site reads the data folder given to ``fedseg site --data`` (the ``path``
+of its ``[[sites]]`` entry is ignored there), scores leave a site under pseudonyms, and the run
+directory is written on the coordinator without the example overlays (they are pictures of
+patients' images, which stay at the sites).
 
 Only the ``federated`` arm runs in deployment, with ``folds = 1`` and no fine-tuning: standalone
 and FL_local models live at one site each, and centralized training needs pooled data.
@@ -15,18 +17,20 @@ from __future__ import annotations
 
 import time
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment, parse_experiment
-from fedseg.plans.base import ComputePlan
+from fedseg.files import safe_name
 from fedseg.report.markdown import write_report
+from fedseg.runtime.flare.controller import FlareController
+from fedseg.runtime.flare.executor import FlareSiteExecutor
+from fedseg.runtime.flare.job import Components
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.simulate import initial_weights, load_site, prepare_run_dir, write_results
-from fedseg.training.trainer import SiteTrainer
-from fedseg.types import CaseMetrics, Weights
+from fedseg.runtime.site_app import SiteApp
+from fedseg.study import initial_weights, load_site, prepare_run_dir, round_engine, site_app, write_results
 
 
 def deployable(experiment: Experiment) -> Experiment:
@@ -38,59 +42,62 @@ def deployable(experiment: Experiment) -> Experiment:
     if experiment.federation.folds != 1 or experiment.federation.fine_tune_epochs:
         raise UserError(f"{where}: deployment does not yet run folds > 1 or fine_tune_epochs > 0; "
                         "set [federation] folds = 1 and fine_tune_epochs = 0")
+    if experiment.faults:
+        raise UserError(f"{where}: faults are simulated only; in deployment a site injects one itself "
+                        "('fedseg site KIT --data DIR --fault ...'): remove the faults table")
     return experiment
 
 
 def parse_text(text: str) -> Experiment:
-    return parse_experiment(tomllib.loads(text))
+    try:
+        return parse_experiment(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"the job's experiment is not valid TOML: {exc}") from None
 
 
-@dataclass
-class Coordinator:
-    experiment: Experiment
+class Coordinator(FlareController):
+    """The coordinator of one deployed run: the federated arm through the round engine, then
+    every site's test scores of the final model, results and report."""
 
-    def __post_init__(self) -> None:
-        self.name = self.experiment.name
-        self.sites = [site.name for site in self.experiment.sites]
-        self.rounds = self.experiment.runtime_rounds
-        self.validate_global = self.experiment.federation.validate_global
-        self.policy = self.experiment.deployment
-        self.started = time.perf_counter()
-
-    def compute_plan(self) -> ComputePlan:
-        return self.experiment.compute_plan()
-
-    def initial_weights(self) -> Weights:
-        return initial_weights(self.experiment)
-
-    def prepare(self, run_dir: RunDirectory, resume: bool) -> None:
-        if (run_dir.root / "experiment.toml").exists() and not resume:
-            raise UserError(f"the coordinator already holds a run named '{self.name}'; submit with --resume "
-                            "to continue it, or give the experiment another name")
-        prepare_run_dir(run_dir, self.experiment, resume)
-
-    def finish(self, run_dir: RunDirectory, test_cases: dict[str, list[CaseMetrics]], resumed: bool) -> None:
-        if not test_cases:
-            raise UserError("no site returned test scores; the final model is in the run directory")
-        write_results(run_dir, self.experiment, {"FL_global": dict(sorted(test_cases.items()))}, self.started,
-                      resumed)
+    def run_study(self) -> None:
+        started = time.perf_counter()
+        experiment = deployable(parse_text(self.experiment))
+        run_dir = RunDirectory(self.runs_root() / safe_name(experiment.name, "experiment name"))
+        resume = self.resuming(run_dir)
+        prepare_run_dir(run_dir, experiment, resume,  # refuses a directory that holds another run
+                        hint=f"the coordinator already holds a run named '{experiment.name}'; submit with --resume "
+                             "to continue it, or give the experiment another name")
+        self.run_dir = run_dir  # from here on this job owns the run directory
+        rounds = experiment.runtime_rounds
+        self.set_state("running", rounds=rounds)
+        engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites])
+        engine.on_round = lambda round, records: self.set_state("running", rounds=rounds, round=round, last=records)
+        weights = engine.run(initial_weights(experiment), rounds, resume=resume)
+        run_dir.save_model("FL_global", weights)
+        scores, unscored = engine.evaluate(weights)
+        if unscored:
+            self.warning(f"no test scores from {sorted(unscored)}: {unscored}; the report leaves them out")
+        if not scores:
+            raise UserError("no site returned usable test scores; the final model is in the run directory")
+        write_results(run_dir, experiment, {"FL_global": scores}, started, resume, unscored)
         write_report(run_dir.root)
 
 
-def coordinator_app(experiment: str) -> Coordinator:
-    return Coordinator(deployable(parse_text(experiment)))
+class Site(FlareSiteExecutor):
+    """A site of a deployed run: its site app on its own data folder."""
+
+    def make_site_app(self, site: str, data: Path, state_dir: Path, fault: str | None) -> SiteApp:
+        parsed = parse_text(self.experiment)
+        specs = {spec.name: spec for spec in parsed.sites}
+        if site not in specs:
+            raise UserError(f"site '{site}' is not in the experiment's [[sites]] ({sorted(specs)}); "
+                            "the experiment's site names must match the names in PROJECT.toml")
+        try:
+            dataset = load_site(parsed, replace(specs[site], path=Path(data)))
+        except DataError as exc:
+            raise UserError(f"site '{site}': {exc}") from None
+        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault)
 
 
-def site_app(experiment: str, site: str, data: Path, state_dir: Path) -> SiteTrainer:
-    """The site trainer of ``site`` on the local folder ``data``, as simulation would build it."""
-    parsed = parse_text(experiment)
-    specs = {spec.name: spec for spec in parsed.sites}
-    if site not in specs:
-        raise UserError(f"site '{site}' is not in the experiment's [[sites]] ({sorted(specs)}); "
-                        "the experiment's site names must match the names in PROJECT.toml")
-    try:
-        dataset = load_site(parsed, replace(specs[site], path=Path(data)))
-    except DataError as exc:
-        raise UserError(f"site '{site}': {exc}") from None
-    return SiteTrainer(dataset, parsed.model, parsed.training, state_dir=state_dir)
-
+COMPONENTS = Components(controller=f"{__name__}.{Coordinator.__name__}", executor=f"{__name__}.{Site.__name__}")
+"""What every job runs and every kit allows: the two classes above, nothing else."""

@@ -26,8 +26,10 @@ from fedseg.data.task import Task
 from fedseg.errors import UserError
 from fedseg.models.registry import ModelConfig
 from fedseg.plans.base import ComputePlan
-from fedseg.plans.registry import build_plan, runtime_rounds
+from fedseg.plans.registry import build_plan
+from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
+from fedseg.runtime.site_app import check_fault
 from fedseg.training.trainer import TrainingConfig
 
 
@@ -68,9 +70,13 @@ class Experiment:
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
     deployment: RoundPolicy = RoundPolicy()
-    """Round timeout and minimum responses for deployment (``fedseg submit``); simulation ignores it."""
+    """The round policy: timeout and minimum responses. In simulation a rejected update counts as missing."""
+    guard: GuardConfig = GuardConfig()
+    """The coordinator's update-norm guard (``[guard]``)."""
     arms: tuple[str, ...] = ("federated",)
     plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    faults: dict[str, str] = field(default_factory=dict)
+    """Simulation only: sites that misbehave on purpose (``{site = "nan" | "random" | "scale:K"}``)."""
     """``name`` of the compute plan and its plan-specific options (``[plan]`` table)."""
     source: Path | None = field(default=None, compare=False)
 
@@ -81,6 +87,8 @@ class Experiment:
             data[section] = _plain(dataclasses.asdict(getattr(self, section)))
         data["preprocessing"].pop("extra", None)
         data["plan"] = dict(self.plan)
+        if self.faults:
+            data["faults"] = dict(self.faults)
         data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard, "labels": s.labels,
                                  "recontrast": s.recontrast}) for s in self.sites]
         return data
@@ -92,8 +100,8 @@ class Experiment:
 
     @property
     def runtime_rounds(self) -> int:
-        """Rounds the runtime runs: ``federation.rounds``, or cycles x sites for cyclic transfer."""
-        return runtime_rounds(self.plan["name"], self.federation.rounds, len(self.sites))
+        """Rounds the runtime runs, as the compute plan counts them (cyclic: cycles x sites)."""
+        return self.compute_plan().total_rounds
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -101,8 +109,8 @@ class Experiment:
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
             "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig,
-            "deployment": RoundPolicy}
-TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", *SECTIONS}
+            "deployment": RoundPolicy, "guard": GuardConfig}
+TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", "faults", *SECTIONS}
 ARMS = ("federated", "standalone", "centralized")
 
 
@@ -152,7 +160,9 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
         raise ConfigError(f"{where}: the 'centralized' arm pools all sites' labels, which needs every site "
                           "fully annotated: remove 'centralized' from arms or the sites' labels tables")
     plan = _plan(data.get("plan", {}), seed, sites, sections, where)
-    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), plan=plan, source=source,
+    faults = _faults(data.get("faults", {}), names, where)
+    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), plan=plan, faults=faults,
+                      source=source,
                       **sections)
 
 
@@ -170,13 +180,27 @@ def _plan(table: Any, seed: int, sites: tuple[SiteSpec, ...], sections: dict, wh
     return plan
 
 
+def _faults(table: Any, names: list[str], where: str) -> dict[str, str]:
+    """The ``faults`` table: site name -> a fault of ``runtime.site_app.FAULTS``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: faults must be a table of site = fault, e.g. faults = {{ {names[0]} = \"nan\" }}")
+    for site, fault in table.items():
+        if site not in names:
+            raise ConfigError(f"{where}: faults names {site!r}, which is not a site of the experiment ({names})")
+        try:
+            check_fault(fault if isinstance(fault, str) else repr(fault))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: faults.{site}: {exc}") from None
+    return dict(table)
+
+
 def experiment_plan(plan: dict[str, Any], seed: int, site_names: list[str], training: TrainingConfig,
                     rounds: int) -> ComputePlan:
-    """The compute plan an experiment's ``[plan]`` table describes (for cyclic: ``rounds`` cycles)."""
+    """The compute plan an experiment's ``[plan]`` table describes, over ``rounds`` = [federation]
+    rounds (for cyclic: cycles; the plan's ``total_rounds`` counts the runtime rounds)."""
     options = {k: v for k, v in plan.items() if k != "name"}
-    if plan["name"] == "cyclic":
-        options["cycles"] = rounds
-    return build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options)
+    return build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options,
+                      rounds=rounds)
 
 
 def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:

@@ -58,6 +58,14 @@ class SiteTrainer:
     def name(self) -> str:
         return self.data.name
 
+    def case_counts(self) -> dict[str, int]:
+        """Cases per split, as the site declares them when it joins a federation."""
+        return {split: len(self.data.cases[split]) for split in ("train", "val", "test")}
+
+    def weights(self) -> Weights:
+        """The network's current weights (the site checks a received model against their shapes)."""
+        return get_weights(self.network)
+
     def train(self, weights: Weights, config: RoundConfig) -> Update:
         """Local training from ``weights``; ``config.extra["proximal_mu"]`` adds FedProx's term."""
         set_weights(self.network, weights)

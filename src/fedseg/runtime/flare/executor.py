@@ -1,10 +1,12 @@
-"""A site's side of a deployed run: FLARE hands it tasks, the site trainer does the work.
+"""A site's side of a deployed run: FLARE hands it tasks, the site app (``runtime.site_app``, the
+same as in simulation) checks what arrived and does the work.
 
 The site's data folder comes from ``fedseg site --data`` through the environment of the job
 process; the experiment sent by the coordinator says how to read and train on it, never where
-it is. Only weights, scalar metrics and pseudonymised per-case scores are returned (``wire``).
-A problem with the site's own data is reported back as a failed task, with the reason in the
-site's log, so the coordinator can go on without the site.
+it is. Only weights, case counts, scalar metrics and pseudonymous per-case scores are returned
+(``wire``). When a task fails (a problem with the site's own data, a global model that does not
+fit), the reason is written to the site's own log and the coordinator gets a bare error code:
+no text that could carry a file name or a patient identifier crosses the wire.
 """
 
 from __future__ import annotations
@@ -17,52 +19,50 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
-from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+from fedseg.errors import UserError
+from fedseg.files import safe_name
 from fedseg.runtime.flare import wire
-from fedseg.runtime.flare.apps import SiteApp, load_factory
-from fedseg.runtime.flare.processes import DATA_ENV
-from fedseg.types import mean_dice
+from fedseg.runtime.flare.processes import DATA_ENV, FAULT_ENV
+from fedseg.runtime.site_app import TASKS, SiteApp
 
 
-class SiteExecutor(Executor):
-    def __init__(self, experiment: str, app_factory: str = "fedseg.deployment:site_app", run_name: str = "run"):
+class FlareSiteExecutor(Executor):
+    def __init__(self, experiment: str, run_name: str = "run"):
         super().__init__()
         self.experiment = experiment
-        self.app_factory = app_factory
         self.run_name = run_name
         self._app: SiteApp | None = None
 
+    def make_site_app(self, site: str, data: Path, state_dir: Path, fault: str | None) -> SiteApp:
+        """The site app for ``site`` on its local ``data`` folder (built by the layer above)."""
+        raise NotImplementedError("the job must name fedseg.deployment's site executor")
+
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         site = fl_ctx.get_identity_name()
+        if task_name not in TASKS:
+            self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
             app = self._site_app(site, fl_ctx)
             model = FLModelUtils.from_shareable(shareable)
-            weights = dict(model.params)
+            payload = None
             if task_name == "train":
-                config = wire.round_config_from_wire(model.meta["configs"][site])
-                result = wire.update_to_wire(app.train(weights, config))
-            elif task_name == "validate":
-                cases = app.evaluate(weights, "val")
-                result = FLModel(metrics={"global_val_dice": mean_dice(cases)} if cases else {})
-            elif task_name == "evaluate":
-                cases = app.evaluate(weights, "test")
-                result = FLModel(metrics={"test_cases": len(cases)}, meta={"cases": wire.cases_to_wire(site, cases)})
-            else:
-                self.log_error(fl_ctx, f"unknown task '{task_name}'")
-                return make_reply(ReturnCode.TASK_UNKNOWN)
-        except Exception as exc:
+                payload = wire.round_config_from_wire(model.meta["configs"][site])
+            reply = app.handle(task_name, None if task_name == "join" else dict(model.params or {}), payload)
+            return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
+        except (UserError, ValueError, KeyError, TypeError) as exc:
             self.log_error(fl_ctx, f"site {site}: task '{task_name}' failed: {exc}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        return FLModelUtils.to_shareable(result)
 
     def _site_app(self, site: str, fl_ctx: FLContext) -> SiteApp:
         if self._app is None:
             data = os.environ.get(DATA_ENV)
             if not data:
-                raise RuntimeError(f"no data folder: start the site with 'fedseg site KIT --data FOLDER' "
-                                   f"({DATA_ENV} is not set)")
-            state_dir = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / "fedseg-state" / self.run_name / site
-            self._app = load_factory(self.app_factory)(self.experiment, site, Path(data), state_dir)
+                raise UserError(f"no data folder: start the site with 'fedseg site KIT --data FOLDER' "
+                                f"({DATA_ENV} is not set)")
+            run = safe_name(self.run_name, "the job's run name")  # the job is not trusted to name a folder
+            state_dir = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / "fedseg-state" / run / site
+            self._app = self.make_site_app(site, Path(data), state_dir, os.environ.get(FAULT_ENV) or None)
         return self._app

@@ -1,11 +1,17 @@
 """Starting the coordinator and a site from their kits: local settings, then FLARE's own process.
 
 Each start rewrites the kit's ``local/resources.json`` from FLARE's ``resources.json.default``:
-fedseg's two components join the class allow-list (FLARE refuses any other class in a job), the
-coordinator keeps its job store and run directories inside its kit (not ``/tmp``), and the
+fedseg's controller joins the coordinator's class allow-list and a site's holds fedseg's executor
+alone (FLARE refuses any other class in a job), the coordinator keeps its job store and run directories inside its kit (not ``/tmp``), and the
 heartbeat and polling intervals come from the project's ``[network]`` table. Sites and the
 coordinator then run FLARE's server/client module in the foreground, so a process supervisor
 (systemd, a container) sees it die and restarts it.
+
+What a site writes into its logs stays at the site unless its operator starts it with
+``fedseg site --share-logs`` (``configure_site``): FLARE 2.9 would stream each job's error log to
+the coordinator, and its job store keeps it. Jobs are written by whoever submits them, so the
+site also admits no job component but fedseg's executor and no custom code, which could stream
+logs on their own.
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ from pathlib import Path
 
 from fedseg.runtime.flare.provision import Kit
 
-CONTROLLER = "fedseg.runtime.flare.controller.PlanController"
-EXECUTOR = "fedseg.runtime.flare.executor.SiteExecutor"
 RUNS_ENV = "FEDSEG_RUNS"
 """Where the coordinator keeps run directories (default: ``<kit>/runs``)."""
 DATA_ENV = "FEDSEG_SITE_DATA"
 """A site's data folder, handed to its job process through the environment, never over the network."""
+FAULT_ENV = "FEDSEG_SITE_FAULT"
+"""A fault the site injects on purpose (``fedseg site --fault``), for robustness tests; site-side only."""
+SHARE_LOGS = "allow_log_streaming"
+"""FLARE's own switch in a site's ``local/resources.json``; ``site_process`` reads it too."""
+SITE_LOG_STREAMER = "nvflare.app_common.logging.site_log_streamer.SiteLogStreamer"
+JOB_LOG_STREAMER = "nvflare.app_common.logging.job_log_streamer.JobLogStreamer"
+NO_CUSTOM_CODE = {"byoc": "none", "server-predeployed-flwr": "none"}
+"""Rights no one has at a site: jobs that bring their own code, Flower apps the server deploys."""
 
 
-def configure_server(kit: Kit) -> None:
+def configure_server(kit: Kit, controller: str) -> None:
+    """The coordinator's local settings; ``controller`` is the one class a job may run there."""
     settings = _defaults(kit)
-    settings["class_allow_list"].append(CONTROLLER)
+    settings["class_allow_list"].append(controller)
     server = settings["servers"][0]
     server["heart_beat_timeout"] = kit.network.heartbeat_timeout_s
     server["task_request_interval"] = kit.network.task_poll_interval_s
@@ -38,12 +51,34 @@ def configure_server(kit: Kit) -> None:
     _write(kit, settings)
 
 
-def configure_site(kit: Kit) -> None:
+def configure_site(kit: Kit, executor: str, share_logs: bool = False) -> None:
+    """The site's own policy, decided by its operator alone (a job cannot change it): job
+    components are fedseg's ``executor`` only, no custom code runs, and logs are sent to the
+    coordinator only with ``share_logs`` (FLARE's log streaming; ``site_process`` also answers
+    the admin commands that read a site's files and error messages only then)."""
     settings = _defaults(kit)
-    settings["class_allow_list"].append(EXECUTOR)
+    settings["class_allow_list"] = [executor, *([JOB_LOG_STREAMER] if share_logs else [])]
+    settings[SHARE_LOGS] = share_logs
+    if not share_logs:
+        settings["components"] = [c for c in settings["components"] if c.get("path") != SITE_LOG_STREAMER]
     if not kit.network.compression:
         settings.get("client", {}).pop("compression", None)
     _write(kit, settings)
+    _write_authorization(kit)
+
+
+def _write_authorization(kit: Kit) -> None:
+    """FLARE's default policy of the kit, with custom code refused for every role (a role granted
+    "any" right gets every admin command right spelt out instead, so that the refusal can be added)."""
+    from nvflare.apis.fl_constant import AdminCommandNames
+    from nvflare.security.security import COMMAND_CATEGORIES
+
+    policy = json.loads((kit.root / "local" / "authorization.json.default").read_text())
+    rights = {*COMMAND_CATEGORIES.values(), *(v for k, v in vars(AdminCommandNames).items() if not k.startswith("_"))}
+    for role, granted in policy["permissions"].items():
+        spelt_out = granted if isinstance(granted, dict) else {right: granted for right in sorted(rights)}
+        policy["permissions"][role] = {**spelt_out, **NO_CUSTOM_CODE}
+    (kit.root / "local" / "authorization.json").write_text(json.dumps(policy, indent=2) + "\n")
 
 
 def server_command(kit: Kit) -> list[str]:
@@ -64,8 +99,10 @@ def server_environment(kit: Kit, runs: Path | None) -> dict[str, str]:
             "NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(kit.network.dead_site_grace_s)}
 
 
-def site_environment(data: Path) -> dict[str, str]:
-    return {"MALLOC_ARENA_MAX": "2", **os.environ, DATA_ENV: str(Path(data).resolve())}
+def site_environment(data: Path, fault: str | None = None) -> dict[str, str]:
+    environment = {"MALLOC_ARENA_MAX": "2", **os.environ, DATA_ENV: str(Path(data).resolve())}
+    environment.pop(FAULT_ENV, None)
+    return {**environment, **({FAULT_ENV: fault} if fault else {})}
 
 
 def _defaults(kit: Kit) -> dict:

@@ -1,9 +1,9 @@
 """What travels between coordinator and sites, as FLARE's FLModel: weights, round instructions,
-scalar metrics and per-case scores, nothing else.
+case counts, scalar metrics and pseudonymous per-case scores, nothing else.
 
-Test cases are named by their position in the site's sorted test split (``<site>-case-007``),
-not by file name: file names can carry patient identifiers, and the paired statistics only need
-a name that is the same for every model.
+Decoding is strict (a reply from a site is hostile until the engine has checked it): a value of
+the wrong type is a ValueError, which the dispatcher turns into a rejected reply. The checks of
+ranges, shapes and names are the engine's (``runtime.intake``), the same in both runtimes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights
@@ -30,26 +31,62 @@ def weights_model(weights: Weights, round: int | None = None, meta: dict[str, An
     return FLModel(params_type=ParamsType.FULL, params=dict(weights), current_round=round, meta=meta or {})
 
 
-def update_to_wire(update: Update) -> FLModel:
-    return FLModel(params_type=ParamsType.FULL, params=dict(update.weights),
-                   metrics={k: float(v) for k, v in update.metrics.items()}, meta={"n_samples": update.n_samples})
+def reply_to_wire(task: str, reply: Any) -> FLModel:
+    """A site app's reply to ``task`` as an FLModel."""
+    if task == "train":
+        return FLModel(params_type=ParamsType.FULL, params=dict(reply.weights),
+                       metrics={k: float(v) for k, v in reply.metrics.items()}, meta={"n_samples": reply.n_samples})
+    if task == "join":
+        return FLModel(meta={"declared": dict(reply)})
+    if task == "validate":
+        return FLModel(metrics={k: float(v) for k, v in reply.items()})
+    return FLModel(metrics={"test_cases": len(reply)}, meta={"cases": [c.as_dict() for c in reply]})
 
 
-def update_from_wire(model: FLModel) -> Update:
-    return Update(weights=dict(model.params), n_samples=int(model.meta["n_samples"]), metrics=dict(model.metrics or {}))
+def reply_from_wire(task: str, model: FLModel) -> Any:
+    """The reply to ``task`` that ``model`` carries; ValueError/TypeError/KeyError when it does not fit."""
+    meta = model.meta if isinstance(model.meta, dict) else {}
+    if task == "train":
+        params = model.params
+        if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
+            raise ValueError("the parameters must be arrays")
+        return Update(weights=dict(params), n_samples=meta["n_samples"], metrics=_table(model.metrics))
+    if task == "join":
+        return _table(meta["declared"])
+    if task == "validate":
+        return _table(model.metrics)
+    if task == "evaluate":
+        return cases_from_wire(meta["cases"])
+    raise ValueError(f"unknown task {task!r}")
 
 
-def cases_to_wire(site: str, cases: list[CaseMetrics]) -> list[dict[str, Any]]:
-    """Per-case scores under pseudonyms, in the order of the site's sorted test cases."""
-    order = sorted(cases, key=lambda c: c.case)
-    return [CaseMetrics(f"{site}-case-{i:03d}", c.dice, c.hd95, c.bbox_coverage, c.failed).as_dict()
-            for i, c in enumerate(order)]
-
-
-def cases_from_wire(items: list[dict[str, Any]]) -> list[CaseMetrics]:
+def cases_from_wire(items: Any) -> list[CaseMetrics]:
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValueError("per-case scores must be a list of tables")
     return [CaseMetrics(case=i["case"], dice=_floats(i["dice"]), hd95=_floats(i["hd95"]),
-                        bbox_coverage=_floats(i["bbox_coverage"]), failed=list(i["failed"])) for i in items]
+                        bbox_coverage=_floats(i["bbox_coverage"]), failed=[str(c) for c in _list(i["failed"])])
+            for i in items]
 
 
-def _floats(values: dict[str, Any]) -> dict[str, float]:
-    return {k: math.nan if v is None else float(v) for k, v in values.items()}
+def _table(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("expected a table with text keys")
+    return dict(value)
+
+
+def _list(value: Any) -> list:
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    return value
+
+
+def _floats(values: Any) -> dict[str, float]:
+    values = _table(values)
+    out = {}
+    for key, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"score {key!r} is not a number")
+        out[key] = math.nan if value is None else float(value)
+    return out

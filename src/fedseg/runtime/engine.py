@@ -1,0 +1,264 @@
+"""The round engine: the only place a federated round is run, in simulation and in deployment.
+
+It owns the whole protocol: resume after the last checkpointed round, who trains (the plan's
+``configure_train``), sending the work out, checking every reply as it arrives (``intake``),
+folding accepted updates into the plan's aggregation, the records of the round, the global
+model's validation, the checkpoint, and the final scoring on every site's test cases. A
+``Dispatcher`` is the only thing that differs between runtimes: in-process site apps
+(``inprocess``) or FLARE sites (``flare``). Because both go through this code, "deployed equals
+simulated" holds by construction, and every check is written once.
+
+Sites declare their case counts once ("join") before they first train; an update's sample count
+is bounded by that declaration. Rounds follow the round policy: a round that has fewer accepted
+updates than ``min_responses`` is run again where that can help (a network), else the run stops
+with the reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fedseg.plans.base import ComputePlan
+from fedseg.plans.checks import UpdateRejected
+from fedseg.runtime.intake import (VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
+                                   check_metrics)
+from fedseg.runtime.round_policy import RoundPolicy
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.types import CaseMetrics, Update, Weights
+
+AUDIT_FILE = "received.jsonl"
+"""In the run directory: every reply the coordinator received (weight values left out) and its verdict."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A reply that could not be used: the site reported an error, or its message did not decode."""
+
+    reason: str
+
+
+ReplyHandler = Callable[[str, Any, dict], str | None]
+"""``handler(site, reply, transport_meta)`` -> None when accepted, else the reason it was rejected."""
+
+
+class Dispatcher(Protocol):
+    """Moves work to sites and replies back; the engine decides everything else."""
+
+    retries_help: bool
+    """Whether running a failed round again can change its outcome (a network: yes; in-process: no)."""
+
+    def available(self) -> set[str]: ...
+
+    def dispatch(self, task: str, weights: Weights | None, payloads: dict[str, Any], on_reply: ReplyHandler,
+                 timeout: int) -> None:
+        """Send ``task`` with ``weights`` and each site's payload; call ``on_reply`` for each reply as
+        it arrives (never two at once); return when all answered or ``timeout`` seconds passed."""
+
+    def wait_for(self, sites: set[str], timeout: int) -> None: ...
+
+
+class RoundObserver(Protocol):
+    """Progress hooks (a progress bar, a log); the engine works without one."""
+
+    def planned(self, trainings: int) -> None: ...
+
+    def round_started(self, round: int, sites: list[str]) -> None: ...
+
+    def site_trained(self, round: int, site: str, update: Update) -> None: ...
+
+    def round_finished(self, round: int, records: list[dict]) -> None: ...
+
+
+class RunStopped(RuntimeError):
+    """A round could not be completed; the message says why and what to do."""
+
+
+class RoundEngine:
+    def __init__(self, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory, sites: list[str],
+                 policy: RoundPolicy = RoundPolicy(), guard: GuardConfig = GuardConfig(),
+                 validate_global: bool = True, observer: RoundObserver | None = None,
+                 classes: set[str] | None = None):
+        self.plan, self.dispatcher, self.run_dir = plan, dispatcher, run_dir
+        self.sites, self.policy, self.guard = sorted(sites), policy, guard
+        self.validate_global, self.observer, self.classes = validate_global, observer, classes
+        self.declared: dict[str, dict[str, int]] = {}
+        self.on_round: Callable[[int, list[dict]], None] | None = None
+        """Called after each checkpointed round (deployment publishes progress with it)."""
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, initial_weights: Weights, rounds: int, resume: bool = False) -> Weights:
+        """Train ``rounds`` rounds (continuing after the last checkpoint with ``resume``); the final model."""
+        weights, start = initial_weights, 0
+        if resume and (last := self.run_dir.last_round()) is not None:
+            done, weights, plan_state = last
+            self.plan.load_state_dict(plan_state)
+            start = done + 1
+        self.run_dir.drop_metrics_after(start - 1)  # lines of a round that never finished
+        if self.observer:
+            self.observer.planned(sum(len(self.plan.configure_train(r, self.sites)) for r in range(start, rounds)))
+        for round in range(start, rounds):
+            weights = self._round(round, weights)
+        return weights
+
+    def _round(self, round: int, weights: Weights) -> Weights:
+        started = time.perf_counter()
+        chosen = self.plan.configure_train(round, self.sites)
+        if self.observer:
+            self.observer.round_started(round, list(chosen))
+        self._join(set(chosen))
+        for attempt in range(self.policy.round_retries + 1):
+            intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard)
+            configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
+
+            def on_update(site: str, reply: Any, meta: dict, intake=intake) -> str | None:
+                verdict = reply.reason if isinstance(reply, Failed) else intake.receive(site, reply)
+                if isinstance(reply, Failed):
+                    intake.rejected[site] = reply.reason
+                self._audit("train", site, round, reply, meta, verdict)
+                if verdict is None and self.observer:
+                    self.observer.site_trained(round, site, reply)
+                return verdict
+
+            self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
+            try:
+                new_weights, guarded = intake.finish()
+            except UpdateRejected as exc:
+                new_weights, guarded, problem = None, {}, str(exc)
+            else:
+                problem = None
+            if new_weights is not None and self.policy.accepts(len(chosen), len(intake.accepted)):
+                break
+            problem = problem or (f"{len(intake.accepted)} of {len(chosen)} site(s) sent a usable update, "
+                                  f"{self.policy.needed(len(chosen))} needed")
+            if not self.dispatcher.retries_help or attempt == self.policy.round_retries:
+                raise RunStopped(f"round {round + 1}: {problem}" + _reasons(intake.rejected) +
+                                 ("; check that the sites are running ('fedseg status'), then submit again with "
+                                  "--resume" if self.dispatcher.retries_help else ""))
+            self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
+        records = self._records(round, intake, guarded, sorted(set(chosen) - set(intake.accepted)
+                                                                - set(intake.rejected)))
+        if self.validate_global:
+            self._validate(new_weights, records)
+        if records:
+            records[0]["round_seconds"] = time.perf_counter() - started
+        self.run_dir.append_metrics(records)  # metrics first: a resume drops lines past the last checkpoint
+        self.run_dir.save_round(round, new_weights, self.plan.state_dict())
+        if self.observer:
+            self.observer.round_finished(round, records)
+        if self.on_round:
+            self.on_round(round, records)
+        return new_weights
+
+    # -- joining, validation, final scores -------------------------------------------------------
+    def _join(self, sites: set[str]) -> None:
+        """Ask sites that have not declared their case counts yet to do so."""
+        missing = {site: None for site in sorted(sites - set(self.declared)) if site in self.dispatcher.available()}
+
+        def on_join(site: str, reply: Any, meta: dict) -> str | None:
+            try:
+                if isinstance(reply, Failed):
+                    raise UpdateRejected(reply.reason)
+                self.declared[site] = check_declaration(reply)
+            except UpdateRejected as exc:
+                self._audit("join", site, None, reply, meta, str(exc))
+                return str(exc)
+            self._audit("join", site, None, reply, meta, None)
+            return None
+
+        if missing:
+            self.dispatcher.dispatch("join", None, missing, on_join, self.policy.round_timeout)
+
+    def _validate(self, weights: Weights, records: list[dict[str, Any]]) -> None:
+        """The new global model on the validation cases of each site that trained this round."""
+        by_site = {record["site"]: record for record in records if "rejected" not in record}
+
+        def on_result(site: str, reply: Any, meta: dict) -> str | None:
+            try:
+                if isinstance(reply, Failed):
+                    raise UpdateRejected(reply.reason)
+                by_site[site].update(check_metrics(reply, VALIDATE_METRICS))
+            except UpdateRejected as exc:
+                self._audit("validate", site, None, reply, meta, str(exc))
+                return str(exc)
+            self._audit("validate", site, None, reply, meta, None)
+            return None
+
+        self.dispatcher.dispatch("validate", weights, dict.fromkeys(by_site), on_result, self.policy.round_timeout)
+
+    def evaluate(self, weights: Any, sites: list[str] | None = None) -> tuple[dict[str, list[CaseMetrics]], dict]:
+        """Every available site's per-case test scores of ``weights``, and the reasons of sites
+        whose scores were rejected or missing."""
+        targets = [site for site in (sites or self.sites) if site in self.dispatcher.available()]
+        self._join(set(targets))
+        scores: dict[str, list[CaseMetrics]] = {}
+        problems: dict[str, str] = {}
+
+        def on_result(site: str, reply: Any, meta: dict) -> str | None:
+            try:
+                if isinstance(reply, Failed):
+                    raise UpdateRejected(reply.reason)
+                scores[site] = check_cases(reply, self.declared.get(site), self.classes)
+            except UpdateRejected as exc:
+                problems[site] = str(exc)
+            self._audit("evaluate", site, None, reply, meta, problems.get(site))
+            return problems.get(site)
+
+        self.dispatcher.dispatch("evaluate", weights, dict.fromkeys(targets), on_result, self.policy.round_timeout)
+        for site in sorted(set(self.sites) - set(scores) - set(problems)):
+            problems[site] = "offline or did not answer"
+        return dict(sorted(scores.items())), problems
+
+    # -- records ---------------------------------------------------------------------------------
+    def _records(self, round: int, intake: RoundIntake, guarded: dict, missing: list[str]) -> list[dict[str, Any]]:
+        summary = self.plan.round_summary()
+        weights = summary.get("aggregation_weights", {})
+        records = []
+        for site in sorted(set(intake.accepted) | set(intake.rejected)):
+            record: dict[str, Any] = {"round": round, "site": site}
+            if site in intake.accepted:
+                record.update({**intake.accepted[site], "round": round, "site": site})
+                if site in weights:
+                    record["aggregation_weight"] = weights[site]
+            else:
+                record["rejected"] = intake.rejected[site]
+            if site in intake.norms:
+                record["update_norm"] = intake.norms[site]
+            if site in guarded.get("clipped", {}):
+                record["clipped"] = True
+            records.append(record)
+        if records:
+            if summary:
+                records[0]["plan"] = summary
+            if missing:
+                records[0]["missing_sites"] = missing
+            if "norm_bound" in guarded:
+                records[0]["norm_bound"] = guarded["norm_bound"]
+        return records
+
+    def _audit(self, task: str, site: str, round: int | None, reply: Any, meta: dict, verdict: str | None) -> None:
+        """One line in ``received.jsonl`` per reply: parameter names, dtypes and shapes (not their
+        values), metrics, the transport's metadata and the verdict."""
+        line: dict[str, Any] = {"task": task, "site": site, "round": round, "params": {}, "metrics": {},
+                                "meta": meta, "verdict": "accepted" if verdict is None else f"rejected: {verdict}"}
+        if isinstance(reply, Update):
+            line["params"] = {k: [str(v.dtype), list(v.shape)] for k, v in reply.weights.items()
+                              if hasattr(v, "dtype")}
+            line["metrics"] = reply.metrics
+        elif isinstance(reply, dict):
+            line["metrics"] = reply
+        elif isinstance(reply, list):
+            line["cases"] = len(reply)
+        try:
+            text = json.dumps(line, default=repr)
+        except (TypeError, ValueError):  # e.g. keys that are not text, sent by a broken or hostile site
+            text = json.dumps({**line, "metrics": repr(line["metrics"])[:2000], "meta": repr(meta)[:2000]})
+        with open(self.run_dir.root / AUDIT_FILE, "a") as audit:
+            audit.write(text + "\n")
+
+
+def _reasons(rejected: dict[str, str]) -> str:
+    return "".join(f"\n  {site}: {reason}" for site, reason in sorted(rejected.items()))

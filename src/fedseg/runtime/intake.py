@@ -1,0 +1,191 @@
+"""What the coordinator accepts from a site, checked in full before anything is used.
+
+Sites are honest-but-curious by default and any one of them may be broken or compromised, so a
+reply is data to be checked, never trusted: an update must have exactly the global model's
+parameter names, shapes and dtypes with finite values (``plans.checks.check_weights``), a whole
+number of training samples between 1 and the training cases the site declared when it joined,
+and only the metrics a site trainer reports, each finite and in its range. A rejected update
+never touches the aggregate; the reason goes to metrics.jsonl, the audit log and the report.
+
+The update-norm guard then compares each accepted update's distance from the global model with
+the round's median distance: one far above ``norm_factor`` times the median is clipped to that
+bound or rejected (``norm_action``). It needs every update of the round before the first can be
+folded in, so with the guard on the coordinator holds the round's updates (one model per site);
+with ``norm_action = "off"`` the averaging plans stream as before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedseg.plans.base import Aggregation
+from fedseg.plans.checks import UpdateRejected, check_weights
+from fedseg.types import CaseMetrics, Update, Weights
+
+MAX_CASES = 10_000_000
+"""More cases than any site declares: a larger declaration is a broken or hostile site."""
+UNIT = (0.0, 1.0)
+NONNEGATIVE = (0.0, math.inf)
+TRAIN_METRICS: dict[str, tuple[float, float]] = {
+    "train_loss": NONNEGATIVE, "val_dice": UNIT, "steps": NONNEGATIVE, "seconds": NONNEGATIVE}
+"""The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN)."""
+VALIDATE_METRICS = {"global_val_dice": UNIT}
+SPLITS = ("train", "val", "test")
+NORM_ACTIONS = ("reject", "clip", "off")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """``[guard]``: the update-norm guard of the coordinator (both runtimes)."""
+
+    norm_factor: float = 5.0
+    """An update farther from the global model than this times the round's median distance is an outlier."""
+    norm_action: str = "reject"
+    """``reject`` the outlier, ``clip`` its difference to the bound, or ``off`` (FedAvg then streams)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.norm_factor) and self.norm_factor >= 1):
+            raise ValueError(f"norm_factor must be a finite number >= 1, got {self.norm_factor}")
+        if self.norm_action not in NORM_ACTIONS:
+            raise ValueError(f"norm_action must be one of {list(NORM_ACTIONS)}, got {self.norm_action!r}")
+
+
+def check_declaration(reply: Any) -> dict[str, int]:
+    """A site's case counts as declared when it joins: ``{"train": n, "val": n, "test": n}``."""
+    if not isinstance(reply, dict) or set(reply) != set(SPLITS):
+        raise UpdateRejected(f"a declaration must give exactly the case counts {list(SPLITS)}")
+    for split, count in reply.items():
+        if not _whole(count) or not 0 <= count <= MAX_CASES:
+            raise UpdateRejected(f"declared {split} cases must be a whole number in [0, {MAX_CASES}], got {count!r}")
+    if reply["train"] < 1:
+        raise UpdateRejected("a site that trains must declare at least one training case")
+    return {split: int(count) for split, count in reply.items()}
+
+
+def check_update(update: Any, global_weights: Weights, declared: dict[str, int] | None) -> Update:
+    """``update`` if the coordinator may use it, else UpdateRejected with the reason."""
+    if not isinstance(update, Update):
+        raise UpdateRejected(f"expected an update, got {type(update).__name__}")
+    if declared is None:
+        raise UpdateRejected("the site has not declared its cases")
+    n = update.n_samples
+    if not _whole(n) or not 1 <= n <= declared["train"]:
+        raise UpdateRejected(f"n_samples must be a whole number from 1 to the {declared['train']} training "
+                             f"case(s) the site declared, got {n!r}")
+    check_metrics(update.metrics, TRAIN_METRICS)
+    check_weights(update.weights, global_weights)
+    return update
+
+
+def check_metrics(metrics: Any, allowed: dict[str, tuple[float, float]]) -> dict[str, float]:
+    if not isinstance(metrics, dict):
+        raise UpdateRejected("metrics must be a table of numbers")
+    for key, value in metrics.items():
+        if key not in allowed:
+            raise UpdateRejected(f"unknown metric {str(key)[:40]!r}; a site reports only {sorted(allowed)}")
+        low, high = allowed[key]
+        nan_ok = allowed is not TRAIN_METRICS or key == "val_dice"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UpdateRejected(f"metric {key!r} must be a number, got {type(value).__name__}")
+        if math.isnan(value) and nan_ok:
+            continue
+        if not low <= value <= high:
+            raise UpdateRejected(f"metric {key!r} = {value!r} is outside [{low}, {high}]")
+    return metrics
+
+
+def check_cases(cases: Any, declared: dict[str, int] | None, classes: set[str] | None = None) -> list[CaseMetrics]:
+    """Per-case test scores: no more cases than declared, every score finite (or NaN) and in range."""
+    if not isinstance(cases, list) or not all(isinstance(c, CaseMetrics) for c in cases):
+        raise UpdateRejected("test scores must be a list of per-case scores")
+    if declared is not None and len(cases) > declared["test"]:
+        raise UpdateRejected(f"{len(cases)} scored cases, but the site declared {declared['test']} test case(s)")
+    for case in cases:
+        if not isinstance(case.case, str) or not 0 < len(case.case) <= 200:
+            raise UpdateRejected("case names must be non-empty text of at most 200 characters")
+        for table, (low, high) in ((case.dice, UNIT), (case.bbox_coverage, UNIT), (case.hd95, (0.0, math.inf))):
+            for name, value in table.items():
+                if classes is not None and name not in classes:
+                    raise UpdateRejected(f"case {case.case!r}: unknown class {str(name)[:40]!r}")
+                number = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                if not (number and (math.isnan(value) or low <= value <= high)):
+                    raise UpdateRejected(f"case {case.case!r}: score {value!r} of {name!r} is outside [{low}, {high}]")
+    return cases
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def distance(weights: Weights, reference: Weights) -> float:
+    """Euclidean distance between two models over their floating-point parameters."""
+    total = 0.0
+    for key, value in weights.items():
+        if np.issubdtype(value.dtype, np.floating):
+            total += float(np.sum((np.asarray(value, np.float64) - np.asarray(reference[key], np.float64)) ** 2))
+    return math.sqrt(total)
+
+
+class RoundIntake:
+    """Takes one round's replies as they arrive: checks each, guards norms, feeds the aggregation.
+
+    ``receive`` returns None for an accepted update or the reason it was rejected. ``finish``
+    applies the norm guard (when on), folds the held updates in site order and returns the
+    next global model.
+    """
+
+    def __init__(self, aggregation: Aggregation, global_weights: Weights, declared: dict[str, dict[str, int]],
+                 guard: GuardConfig):
+        self.aggregation, self.global_weights, self.declared, self.guard = aggregation, global_weights, declared, guard
+        self.accepted: dict[str, dict[str, Any]] = {}
+        """Per accepted site: n_samples and metrics (the update's weights are not kept here)."""
+        self.rejected: dict[str, str] = {}
+        self.norms: dict[str, float] = {}
+        self._held: dict[str, Update] = {}
+
+    def receive(self, site: str, update: Any) -> str | None:
+        if site in self.accepted or site in self.rejected:
+            return "a second reply in the same round"
+        try:
+            update = check_update(update, self.global_weights, self.declared.get(site))
+        except UpdateRejected as exc:
+            self.rejected[site] = str(exc)
+            return self.rejected[site]
+        self.norms[site] = distance(update.weights, self.global_weights)
+        self.accepted[site] = {"n_samples": int(update.n_samples), **update.metrics}
+        if self.guard.norm_action == "off":
+            self.aggregation.add(site, update)
+        else:
+            self._held[site] = update
+        return None
+
+    def finish(self) -> tuple[Weights, dict[str, Any]]:
+        """The next global model and what the guard did (``{"clipped": {...}, "median_norm": x}``)."""
+        report: dict[str, Any] = {}
+        if self._held:
+            bound = self.guard.norm_factor * float(np.median(list(self.norms.values())))
+            report["norm_bound"] = bound
+            for site in sorted(self._held):
+                norm = self.norms[site]
+                if norm <= bound or norm == 0:
+                    self.aggregation.add(site, self._held.pop(site))
+                elif self.guard.norm_action == "reject":
+                    self.rejected[site] = (f"update norm {norm:.4g} is more than {self.guard.norm_factor:g} times "
+                                           f"the round's median ({bound / self.guard.norm_factor:.4g})")
+                    del self.accepted[site], self._held[site]
+                else:
+                    update = self._held.pop(site)
+                    scale = bound / norm
+                    clipped = {k: (g + scale * (v.astype(np.float64) - g)).astype(v.dtype)
+                               if np.issubdtype(v.dtype, np.floating) else v
+                               for k, v in update.weights.items() for g in [self.global_weights[k].astype(np.float64)]}
+                    self.aggregation.add(site, Update(clipped, update.n_samples, update.metrics))
+                    report.setdefault("clipped", {})[site] = norm
+        if not self.accepted:
+            raise UpdateRejected("every update of the round was rejected: "
+                                 + "; ".join(f"{site}: {reason}" for site, reason in sorted(self.rejected.items())))
+        return self.aggregation.result(), report

@@ -1,0 +1,108 @@
+"""One site's side of every round, the same in simulation and deployment.
+
+A site app answers the engine's four tasks: ``join`` (its case counts per split), ``train``,
+``validate`` (the global model's Dice on its validation cases) and ``evaluate`` (per-case test
+scores). It checks the model it receives exactly as the coordinator checks updates (names,
+shapes, dtypes of its own network, finite values) before it trains on or scores it. Where scores
+leave the site (deployment), test cases are named by pseudonyms: their position in the site's
+sorted test split (``<site>-case-007``), never file names, which may carry patient identifiers.
+
+``fault`` makes the site misbehave on purpose, for robustness studies and the tests of the
+coordinator's guards: ``nan`` (a NaN in its update), ``random`` (random weights of the right
+shapes), ``scale:K`` (its change to the global model multiplied by K). It is a site-side setting
+only: nothing the coordinator sends can switch it on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedseg.plans.checks import UpdateRejected, check_weights
+from fedseg.seeding import stable_seed
+from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
+
+TASKS = ("join", "train", "validate", "evaluate")
+FAULTS = ("nan", "random", "scale:K")
+
+
+class Trainer(Protocol):
+    """What a site app needs of the site trainer (``training.trainer.SiteTrainer``)."""
+
+    def train(self, weights: Weights, config: RoundConfig) -> Update: ...
+
+    def evaluate(self, weights: Any, split: str = "test") -> list[CaseMetrics]: ...
+
+    def case_counts(self) -> dict[str, int]: ...
+
+    def weights(self) -> Weights: ...
+
+
+def check_fault(fault: str | None) -> str | None:
+    """``fault`` if it is one of FAULTS (``scale:K`` with a finite K), else ValueError."""
+    if fault is None or fault in ("nan", "random"):
+        return fault
+    kind, _, factor = fault.partition(":")
+    try:
+        ok = kind == "scale" and np.isfinite(float(factor))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"fault must be one of nan, random, scale:K (e.g. scale:100), got {fault!r}")
+    return fault
+
+
+class SiteApp:
+    def __init__(self, name: str, trainer: Trainer, pseudonyms: bool = False, fault: str | None = None):
+        self.name, self.trainer, self.pseudonyms, self.fault = name, trainer, pseudonyms, check_fault(fault)
+        self.template = trainer.weights()
+
+    def handle(self, task: str, weights: Any, payload: Any = None) -> Any:
+        """The reply to ``task``; UpdateRejected when what arrived cannot be used."""
+        if task == "join":
+            return self.trainer.case_counts()
+        if task not in TASKS:
+            raise UpdateRejected(f"unknown task {str(task)[:40]!r}")
+        for member in weights if isinstance(weights, list) else [weights]:
+            self.check_model(member)
+        if task == "train":
+            if not isinstance(payload, RoundConfig):
+                raise UpdateRejected("a training task needs round instructions")
+            return self._misbehave(self.trainer.train(weights, payload), weights, payload)
+        if task == "validate":
+            cases = self.trainer.evaluate(weights, "val")
+            return {"global_val_dice": mean_dice(cases)} if cases else {}
+        cases = self.trainer.evaluate(weights, "test")
+        return pseudonymous(self.name, cases) if self.pseudonyms else cases
+
+    def check_model(self, weights: Any) -> None:
+        """The global model fits this site's network and is finite."""
+        if not isinstance(weights, dict):
+            raise UpdateRejected("the global model must be a table of parameters")
+        check_weights(weights, self.template, "global model")
+
+    def _misbehave(self, update: Update, global_weights: Weights, config: RoundConfig) -> Update:
+        if self.fault is None:
+            return update
+        weights = {key: np.array(value) for key, value in update.weights.items()}
+        floats = [key for key, value in weights.items() if np.issubdtype(value.dtype, np.floating)]
+        if self.fault == "nan":
+            weights[floats[0]].flat[0] = np.nan
+        elif self.fault == "random":
+            rng = np.random.default_rng(stable_seed(config.seed, "fault"))
+            for key in floats:
+                weights[key] = rng.standard_normal(weights[key].shape).astype(weights[key].dtype)
+        else:
+            factor = float(self.fault.partition(":")[2])
+            for key in floats:
+                start = global_weights[key].astype(np.float64)
+                weights[key] = (start + factor * (weights[key] - start)).astype(weights[key].dtype)
+        return Update(weights, update.n_samples, update.metrics)
+
+
+def pseudonymous(site: str, cases: list[CaseMetrics]) -> list[CaseMetrics]:
+    """Per-case scores renamed ``<site>-case-NNN`` by their position in the sorted test split."""
+    order = sorted(cases, key=lambda c: c.case)
+    return [CaseMetrics(f"{site}-case-{i:03d}", c.dice, c.hd95, c.bbox_coverage, c.failed)
+            for i, c in enumerate(order)]

@@ -1,0 +1,114 @@
+"""One assembly of a study, for every runtime: sites, site apps, initial weights, the round
+engine, the run directory and the results. ``simulate`` and ``deployment`` both build from here,
+so a deployed run is put together exactly as its simulation.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedseg.data.dataset import SiteDataset, SiteSpec
+from fedseg.data.errors import DataError
+from fedseg.errors import UserError
+from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, failures, write_cross_site_csv
+from fedseg.evaluation.results import summarise_model
+from fedseg.evaluation.statistics import paired_comparisons
+from fedseg.experiment import Experiment, parse_experiment
+from fedseg.plans.base import ComputePlan
+from fedseg.runtime.engine import Dispatcher, RoundEngine, RoundObserver
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.runtime.site_app import SiteApp
+from fedseg.types import CaseMetrics, Weights
+
+
+def load_site(experiment: Experiment, spec: SiteSpec) -> SiteDataset:
+    """One site read, checked and preprocessed as ``experiment`` says (raises DataError)."""
+    return SiteDataset(spec, experiment.task, experiment.preprocessing, experiment.splits, experiment.seed,
+                       experiment.model.downsampling_factor)
+
+
+def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
+    """Every site read, checked and preprocessed; all sites' problems are reported together."""
+    sites, errors = {}, []
+    for spec in experiment.sites:
+        try:
+            sites[spec.name] = load_site(experiment, spec)
+        except DataError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise UserError("the data has problems; nothing was trained:\n" + "\n".join(errors))
+    return sites
+
+
+def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None = None, pseudonyms: bool = False,
+             fault: str | None = None) -> SiteApp:
+    """A site's app: its trainer on ``data``, as every runtime builds it."""
+    from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
+
+    trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir)
+    return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault)
+
+
+def initial_weights(experiment: Experiment) -> Weights:
+    import torch
+
+    from fedseg.training.trainer import build_site_network
+    from fedseg.training.weights import get_weights
+
+    torch.manual_seed(experiment.seed)
+    return get_weights(build_site_network(experiment.model, experiment.task, experiment.training.loss))
+
+
+def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory,
+                 sites: list[str], observer: RoundObserver | None = None) -> RoundEngine:
+    """The round engine with the experiment's round policy, guard and classes."""
+    return RoundEngine(plan, dispatcher, run_dir, sites, experiment.deployment, experiment.guard,
+                       experiment.federation.validate_global, observer, set(experiment.task.foreground_names))
+
+
+def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool, hint: str = "") -> None:
+    """Create ``run_dir`` for ``experiment``, or check that it holds the same experiment when resuming."""
+    saved = run_dir.root / "experiment.toml"
+    if saved.exists():
+        if not resume:
+            raise UserError(hint or f"{run_dir.root} already holds a run; pass --resume to continue it, "
+                                    "or choose another --out")
+        try:
+            previous = parse_experiment(tomllib.loads(saved.read_text()), source=saved)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, UserError) as exc:
+            raise UserError(f"{saved} is damaged ({exc}); it cannot be compared with the experiment given: "
+                            "restore it from your experiment file (the same file continues the run) "
+                            "or start a new run with another --out") from None
+        if previous.to_dict() != experiment.to_dict():
+            raise UserError(f"{saved} differs from the experiment given; --resume continues the same "
+                            "experiment only: use the same file, or another --out for a new run")
+    run_dir.create()
+    saved.write_text(experiment.to_toml())
+
+
+def write_results(run_dir: RunDirectory, experiment: Experiment, scores: dict[str, dict[str, list[CaseMetrics]]],
+                  started: float, resumed: bool, unscored: dict[str, str] | None = None) -> dict[str, Any]:
+    """cross_site.csv and results.json from every model's per-site test scores (simulated or deployed);
+    ``unscored``: sites whose scores were rejected or missing, with the reason."""
+    headline = "FL_global" if "FL_global" in scores else next(iter(scores))
+    records, results = [], {}
+    for model, per_site in scores.items():
+        records.extend(cross_site_records(model, per_site))
+        if model == headline:
+            results = summarise_model(model, per_site)
+    write_cross_site_csv(records, run_dir.root / "cross_site.csv")
+    metrics = run_dir.read_metrics()
+    results.update(
+        experiment=experiment.name, rounds=experiment.federation.rounds, arms=list(experiment.arms),
+        models=list(scores), matrix=cross_site_matrix(records), failures=failures(records),
+        comparisons=paired_comparisons(records, reference=headline, seed=experiment.seed) if len(scores) > 1 else [],
+        wall_time_s=time.perf_counter() - started, resumed=resumed,
+        train_seconds=sum(r.get("seconds", 0.0) for r in metrics),
+        rejected_updates=[{"round": r["round"], "site": r["site"], "reason": r["rejected"]}
+                          for r in metrics if "rejected" in r],
+        unscored_sites=dict(sorted((unscored or {}).items())))
+    run_dir.write_json("results.json", results)
+    return results
