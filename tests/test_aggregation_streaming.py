@@ -17,8 +17,8 @@ def updates(n_sites=4, seed=0):
 def test_streaming_in_any_arrival_order_matches_batch_aggregation(name):
     sites = list(updates())
     start = {"w": np.zeros((3, 3), np.float32), "n": np.array(0, dtype=np.int64)}
-    batch = build_plan(name, 1, sites, 1, None, {}).aggregate_train(0, start, updates())
-    streaming_plan = build_plan(name, 1, sites, 1, None, {})
+    batch = build_plan(name, 1, sites, 1, None, {}, rounds=1).aggregate_train(0, start, updates())
+    streaming_plan = build_plan(name, 1, sites, 1, None, {}, rounds=1)
     aggregation = streaming_plan.aggregation(0, start)
     for site in reversed(sites):  # arrival order differs from the sorted batch order
         aggregation.add(site, updates()[site])
@@ -29,8 +29,8 @@ def test_streaming_in_any_arrival_order_matches_batch_aggregation(name):
 
 
 def test_cyclic_collects_its_single_update():
-    plan = build_plan("cyclic", 1, ["a", "b"], 1, None, {"cycles": 1})
-    aggregation = plan.aggregation(1, {"w": np.zeros(2)})
+    plan = build_plan("cyclic", 1, ["a", "b"], 1, None, {}, rounds=1)
+    aggregation = plan.aggregation(1, {"w": np.zeros(2)})  # round 1 visits "b"
     aggregation.add("b", Update({"w": np.ones(2)}, 1))
     np.testing.assert_array_equal(aggregation.result()["w"], np.ones(2))
     assert plan.round_summary()["visited"] == "b"
@@ -42,7 +42,7 @@ def test_streaming_memory_does_not_grow_with_the_number_of_sites():
     import tracemalloc
 
     shape, n_sites = (256, 1024), 24  # 1 MiB per float32 update
-    plan = build_plan("fedavg", 1, [f"s{i}" for i in range(n_sites)], 1, None, {})
+    plan = build_plan("fedavg", 1, [f"s{i}" for i in range(n_sites)], 1, None, {}, rounds=1)
     start = {"w": np.zeros(shape, np.float32)}
     model_bytes = start["w"].nbytes
     tracemalloc.start()

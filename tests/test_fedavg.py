@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedseg.plans.averaging import RunningAverage
+from fedseg.plans.checks import UpdateRejected
 from fedseg.plans.fedavg import FedAvg
 from fedseg.types import Update
 
@@ -33,9 +34,9 @@ def test_fedavg_result_does_not_depend_on_arrival_order():
     rng = np.random.default_rng(0)
     updates = {s: Update({"w": rng.normal(size=100).astype(np.float32)}, n_samples=int(rng.integers(1, 50)))
                for s in "abcde"}
-    plan = FedAvg(seed=0)
-    forward = plan.aggregate_train(0, {}, updates)
-    backward = plan.aggregate_train(0, {}, dict(reversed(list(updates.items()))))
+    plan, start = FedAvg(seed=0), {"w": np.zeros(100, dtype=np.float32)}
+    forward = plan.aggregate_train(0, start, updates)
+    backward = plan.aggregate_train(0, start, dict(reversed(list(updates.items()))))
     assert np.array_equal(forward["w"], backward["w"])
 
 
@@ -49,20 +50,21 @@ def test_configure_train_gives_every_site_a_distinct_reproducible_seed():
 
 
 def test_running_average_rejects_mismatched_updates():
-    average = RunningAverage()
-    average.add({"w": np.zeros(3)}, 1.0)
-    with pytest.raises(ValueError, match="shape"):
+    average = RunningAverage({"w": np.zeros(3)})
+    average.add({"w": np.ones(3)}, 1.0)
+    with pytest.raises(UpdateRejected, match=r"shape \(4,\), expected \(3,\)"):
         average.add({"w": np.zeros(4)}, 1.0)
-    with pytest.raises(ValueError, match="parameter names"):
+    with pytest.raises(UpdateRejected, match="missing 'w'; unexpected 'v'"):
         average.add({"v": np.zeros(3)}, 1.0)
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(UpdateRejected, match=">= 0"):
         average.add({"w": np.zeros(3)}, -1.0)
+    assert average.total == 1.0 and np.array_equal(average.result()["w"], np.ones(3))
 
 
 def test_average_of_nothing_is_an_error():
+    average = RunningAverage({"w": np.zeros(2)})
+    average.add({"w": np.ones(2)}, 0.0)  # a zero weight leaves an update out
     with pytest.raises(ValueError, match="nothing to average"):
-        average = RunningAverage()
-        average.add({"w": np.ones(2)}, 0.0)
         average.result()
 
 

@@ -9,7 +9,7 @@ from fedseg.plans.cyclic import CyclicWeightTransfer, SingleWeightTransfer
 from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.fedopt import FedOpt
 from fedseg.plans.fedprox import FedProx
-from fedseg.plans.registry import build_plan, runtime_rounds
+from fedseg.plans.registry import build_plan
 from fedseg.plans.sampling import SiteSampling
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import Update
@@ -26,7 +26,7 @@ def fake_updates(configs: dict, global_weights: dict) -> dict:
     updates = {}
     for site, config in configs.items():
         rng = np.random.default_rng(config.seed)
-        moved = {k: v + rng.normal(scale=0.1, size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 5
+        moved = {k: np.asarray(v + rng.normal(scale=0.1, size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 5)
                  for k, v in global_weights.items()}
         updates[site] = Update(moved, n_samples=int(rng.integers(1, 20)), metrics={"val_dice": float(rng.uniform())})
     return updates
@@ -237,42 +237,53 @@ def test_fedopt_resume_needs_its_state():
 
 # --- registry ----------------------------------------------------------------------------------
 def test_build_plan_by_name_with_its_options():
-    plan = build_plan("fedyogi", 3, SITES, 2, 10, {"server_lr": 0.3, "beta2": 0.9, "tau": 1e-2, "fraction": 0.4})
+    plan = build_plan("fedyogi", 3, SITES, 2, 10, {"server_lr": 0.3, "beta2": 0.9, "tau": 1e-2, "fraction": 0.4},
+                      rounds=7)
     assert isinstance(plan, FedOpt) and plan.name == "fedyogi"
-    assert (plan.seed, plan.local_epochs, plan.local_steps) == (3, 2, 10)
+    assert (plan.seed, plan.local_epochs, plan.local_steps, plan.total_rounds) == (3, 2, 10, 7)
     assert (plan.server_lr, plan.beta1, plan.beta2, plan.tau) == (0.3, 0.9, 0.9, 1e-2)
     assert len(plan.configure_train(0, SITES)) == 2
-    prox = build_plan("fedprox", 3, SITES, 1, None, {"proximal_mu": 0.5, "weighted_by": "val_dice"})
+    prox = build_plan("fedprox", 3, SITES, 1, None, {"proximal_mu": 0.5, "weighted_by": "val_dice"}, rounds=1)
     assert isinstance(prox, FedProx) and prox.proximal_mu == 0.5 and prox.weighting.by == "val_dice"
-    assert type(build_plan("fedavg", 3, SITES, 1, None, {})) is FedAvg
-    assert build_plan("fedadagrad", 3, SITES, 1, None, {}).optimizer == "adagrad"
-    cyclic = build_plan("cyclic", 3, ["b", "a"], 1, None, {"cycles": 4, "order": "shuffled"})
-    assert isinstance(cyclic, CyclicWeightTransfer) and cyclic.total_rounds == 8 and cyclic.order == "shuffled"
-    single = build_plan("single_transfer", 3, ["b", "a"], 1, None, {})
-    assert isinstance(single, SingleWeightTransfer) and single.total_rounds == 2
+    assert type(build_plan("fedavg", 3, SITES, 1, None, {}, rounds=1)) is FedAvg
+    assert build_plan("fedadagrad", 3, SITES, 1, None, {}, rounds=1).optimizer == "adagrad"
+    cyclic = build_plan("cyclic", 3, ["b", "a"], 1, None, {"order": "shuffled"}, rounds=4)
+    assert isinstance(cyclic, CyclicWeightTransfer) and cyclic.cycles == 4 and cyclic.order == "shuffled"
+    single = build_plan("single_transfer", 3, ["b", "a"], 1, None, {}, rounds=4)
+    assert isinstance(single, SingleWeightTransfer) and single.cycles == 1
+
+
+AVERAGING_OPTIONS = "weighted_by, metric_floor, fraction, min_sites, aggregator, trim, clip_factor"
 
 
 @pytest.mark.parametrize("name, key, allowed", [
-    ("fedavg", "proximal_mu", "weighted_by, metric_floor, fraction, min_sites"),
-    ("fedadagrad", "beta2", "weighted_by, metric_floor, fraction, min_sites, server_lr, beta1, tau"),
+    ("fedavg", "proximal_mu", AVERAGING_OPTIONS),
+    ("fedadagrad", "beta2", f"{AVERAGING_OPTIONS}, server_lr, beta1, tau"),
     ("single_transfer", "cycles", "order"),
-    ("cyclic", "weighted_by", "cycles, order"),
+    ("cyclic", "cycles", "order"),
+    ("cyclic", "weighted_by", "order"),
 ])
 def test_unknown_options_name_the_key_and_the_allowed_ones(name, key, allowed):
     with pytest.raises(ValueError, match=f"unknown option '{key}' for plan '{name}'; allowed: {allowed}$"):
-        build_plan(name, 0, SITES, 1, None, {key: 1})
+        build_plan(name, 0, SITES, 1, None, {key: 1}, rounds=1)
 
 
 def test_registry_rejects_unknown_plans_and_too_few_sites():
-    with pytest.raises(ValueError, match="plan must be one of"):
-        build_plan("scaffold", 0, SITES, 1, None, {})
-    with pytest.raises(ValueError, match="plan must be one of"):
-        runtime_rounds("scaffold", 3, 2)
+    for name in ("scaffold", 3, ["fedavg"]):
+        with pytest.raises(ValueError, match="plan must be one of"):
+            build_plan(name, 0, SITES, 1, None, {}, rounds=1)
     with pytest.raises(ValueError, match="min_sites is 6 but only 5"):
-        build_plan("fedadam", 0, SITES, 1, None, {"min_sites": 6})
+        build_plan("fedadam", 0, SITES, 1, None, {"min_sites": 6}, rounds=1)
 
 
-def test_runtime_rounds():
-    assert [runtime_rounds(n, 7, 3) for n in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")] == [7] * 5
-    assert runtime_rounds("cyclic", 7, 3) == 21
-    assert runtime_rounds("single_transfer", 7, 3) == 3
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "cyclic",
+                                  "single_transfer"])
+def test_every_plan_counts_its_own_runtime_rounds(name):
+    """The registry gets [federation] rounds; only the plan says what that makes in runtime rounds."""
+    plan = build_plan(name, 0, ["a", "b", "c"], 1, None, {}, rounds=7)
+    assert plan.total_rounds == {"cyclic": 21, "single_transfer": 3}.get(name, 7)
+    configs = [plan.configure_train(r, ["a", "b", "c"]) for r in range(plan.total_rounds)]
+    assert all(configs)
+    if name in ("cyclic", "single_transfer"):
+        with pytest.raises(ValueError, match="outside"):
+            plan.configure_train(plan.total_rounds, ["a", "b", "c"])

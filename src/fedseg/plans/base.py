@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.seeding import stable_seed
 from fedseg.types import RoundConfig, Update, Weights
 
@@ -19,9 +20,16 @@ class ComputePlan(ABC):
 
     name: str = "plan"
 
+    @property
+    @abstractmethod
+    def total_rounds(self) -> int:
+        """The runtime rounds this plan runs (for cyclic transfer: cycles x sites)."""
+
     @abstractmethod
     def configure_train(self, round: int, sites: Sequence[str]) -> dict[str, RoundConfig]:
-        """Which of the available ``sites`` train in ``round`` (0-based), and how."""
+        """Which of the available ``sites`` train in ``round`` (0-based), and how. A pure function
+        of its arguments and the plan's constructor and state: calling it changes nothing, so a
+        progress display may call it to learn who trains in a round."""
 
     @abstractmethod
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
@@ -29,9 +37,10 @@ class ComputePlan(ABC):
 
     def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
         """An aggregation that takes this round's updates one at a time, as they arrive over a
-        network. The default keeps them all and calls ``aggregate_train`` at the end; plans that
-        can fold an update in and drop it (the averaging family) override this, so a coordinator
-        holds about two models whatever the number of sites."""
+        network. Its ``add`` checks an update in full against ``global_weights`` and raises
+        ``UpdateRejected`` before using any of it. The default keeps the updates and calls
+        ``aggregate_train`` at the end; plans that can fold an update in and drop it (the averaging
+        family) override this, so a coordinator holds about two models whatever the number of sites."""
         return CollectedAggregation(self, round, global_weights)
 
     def state_dict(self) -> dict[str, Any]:
@@ -51,7 +60,7 @@ class ComputePlan(ABC):
 class Aggregation(ABC):
     @abstractmethod
     def add(self, site: str, update: Update) -> None:
-        """Fold in one site's update."""
+        """Fold in one site's update; ``UpdateRejected`` (and nothing used) if the plan cannot use it."""
 
     @abstractmethod
     def result(self) -> Weights:
@@ -64,6 +73,10 @@ class CollectedAggregation(Aggregation):
         self.updates: dict[str, Update] = {}
 
     def add(self, site: str, update: Update) -> None:
+        what = f"update from site {site!r}"
+        if site in self.updates:
+            raise UpdateRejected(f"{what}: a second update from the same site in one round")
+        check_weights(update.weights, self.global_weights, what)
         self.updates[site] = update
 
     def result(self) -> Weights:

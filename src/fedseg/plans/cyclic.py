@@ -7,6 +7,10 @@ Each runtime round trains exactly one site, starting from the previous site's we
 ``cycles * len(sites)`` runtime rounds. The order is the sorted site names (``order="fixed"``)
 or a seeded shuffle drawn anew for each cycle (``"shuffled"``). Single weight transfer is one
 cycle. The schedule depends only on the constructor, so there is no state to checkpoint.
+
+The visited site's update becomes the global model only after it is checked against the current
+one (same parameter names, shapes and dtypes, finite values); an update from a site that is not
+scheduled in the round is rejected.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fedseg.plans.base import ComputePlan, site_config
+from fedseg.plans.base import Aggregation, ComputePlan, site_config
+from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.seeding import stable_seed
 from fedseg.types import RoundConfig, Update, Weights
 
@@ -65,14 +70,40 @@ class CyclicWeightTransfer(ComputePlan):
         return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps)}
 
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
-        site, cycle = self.scheduled(round)
-        if set(updates) != {site}:
-            raise ValueError(f"round {round} expects an update from '{site}' only, got {sorted(updates)}")
-        self._summary = {"visited": site, "cycle": cycle, "aggregation_weights": {site: 1.0}}
-        return dict(updates[site].weights)
+        aggregation = self.aggregation(round, global_weights)
+        for site in sorted(updates):
+            aggregation.add(site, updates[site])
+        return aggregation.result()
+
+    def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
+        return Transfer(self, round, global_weights)
 
     def round_summary(self) -> dict[str, Any]:
         return dict(self._summary)
+
+
+class Transfer(Aggregation):
+    """Takes the round's visited site's update, checked, as the next global model."""
+
+    def __init__(self, plan: CyclicWeightTransfer, round: int, global_weights: Weights):
+        self.plan, self.round, self.global_weights = plan, round, global_weights
+        self.site, self.cycle = plan.scheduled(round)
+        self.weights: Weights | None = None
+
+    def add(self, site: str, update: Update) -> None:
+        what = f"update from site {site!r}"
+        if site != self.site:
+            raise UpdateRejected(f"{what}: round {self.round} expects an update from '{self.site}' only")
+        if self.weights is not None:
+            raise UpdateRejected(f"{what}: a second update from the same site in one round")
+        check_weights(update.weights, self.global_weights, what)
+        self.weights = dict(update.weights)
+
+    def result(self) -> Weights:
+        if self.weights is None:
+            raise ValueError(f"round {self.round} got no update from '{self.site}', the site it visits")
+        self.plan._summary = {"visited": self.site, "cycle": self.cycle, "aggregation_weights": {self.site: 1.0}}
+        return self.weights
 
 
 class SingleWeightTransfer(CyclicWeightTransfer):

@@ -1,8 +1,9 @@
 """FedAvg (McMahan et al. 2017): sampled sites train locally, the coordinator averages.
 
 The base of the averaging family (FedProx, FedOpt): site sampling (``fraction``, ``min_sites``,
-see ``sampling``) and the averaging weights (``weighted_by``, ``metric_floor``, see
-``weighting``) are shared by all of them.
+see ``sampling``), the averaging weights (``weighted_by``, ``metric_floor``, see ``weighting``)
+and how updates combine (``aggregator``: the streaming mean or a robust rule, see ``robust``) are
+shared by all of them. Every update is checked against the global model before it is used.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedseg.plans.averaging import RunningAverage
+import numpy as np
+
+from fedseg.plans.averaging import cast_like
 from fedseg.plans.base import Aggregation, ComputePlan, site_config
+from fedseg.plans.robust import Aggregator
 from fedseg.plans.sampling import SiteSampling
 from fedseg.plans.weighting import Weighting
 from fedseg.types import RoundConfig, Update, Weights
@@ -19,19 +23,33 @@ from fedseg.types import RoundConfig, Update, Weights
 
 class FedAvg(ComputePlan):
     """Average of site updates weighted by training samples, uniformly, or by validation Dice
-    (Sarma et al. 2021; a site without a usable ``val_dice`` counts with ``metric_floor``)."""
+    (Sarma et al. 2021; a site without a usable ``val_dice`` counts with ``metric_floor``), for
+    ``rounds`` rounds."""
 
     name = "fedavg"
 
     def __init__(self, seed: int, local_epochs: int = 1, local_steps: int | None = None,
                  weighted_by: str = "n_samples", metric_floor: float = 0.05, fraction: float = 1.0,
-                 min_sites: int = 1):
+                 min_sites: int = 1, aggregator: str = "mean", trim: float | None = None,
+                 clip_factor: float | None = None, rounds: int = 1):
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
         self.seed = seed
         self.local_epochs = local_epochs
         self.local_steps = local_steps
+        self.rounds = rounds
         self.weighting = Weighting(weighted_by, metric_floor)
         self.sampling = SiteSampling(fraction, min_sites)
+        self.aggregator = Aggregator(aggregator, trim, clip_factor)
         self._summary: dict[str, Any] = {}
+
+    @property
+    def total_rounds(self) -> int:
+        return self.rounds
+
+    def check_sites(self, n_sites: int) -> None:
+        """``ValueError`` if the plan cannot run on a federation of ``n_sites`` sites."""
+        self.aggregator.check_sites(self.sampling.count(n_sites))
 
     def configure_train(self, round: int, sites: Sequence[str]) -> dict[str, RoundConfig]:
         return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps, self.train_extra())
@@ -48,30 +66,30 @@ class FedAvg(ComputePlan):
         return aggregation.result()
 
     def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
-        return StreamingAverage(self, global_weights)
+        return Averaging(self, global_weights)
 
-    def finish_average(self, average: RunningAverage, global_weights: Weights) -> Weights:
-        """The next global model from the round's weighted average (FedOpt takes a step instead)."""
-        return average.result()
+    def finish(self, combined: dict[str, np.ndarray], global_weights: Weights) -> Weights:
+        """The next global model from the round's combination in float64 (FedOpt takes a step instead)."""
+        return cast_like(combined, global_weights)
 
     def round_summary(self) -> dict[str, Any]:
         return dict(self._summary)
 
 
-class StreamingAverage(Aggregation):
-    """Folds each update into a running weighted sum and drops it; remembers the normalised
-    weights for the plan's round summary."""
+class Averaging(Aggregation):
+    """Checks each update (its weight, then every parameter against the global model) and hands it
+    to the plan's combiner: the streaming mean folds it in and drops it, robust rules keep it."""
 
     def __init__(self, plan: FedAvg, global_weights: Weights):
         self.plan, self.global_weights = plan, global_weights
-        self.average, self.used = RunningAverage(), {}
+        self.combiner = plan.aggregator.combiner(global_weights)
 
     def add(self, site: str, update: Update) -> None:
-        self.used[site] = self.plan.weighting(update)
-        self.average.add(update.weights, self.used[site])
+        what = f"update from site {site!r}"
+        self.combiner.add(site, update.weights, self.plan.weighting(update, what), what)
 
     def result(self) -> Weights:
-        total = self.average.total  # when 0, result() and means() raise "nothing to average"
-        self.plan._summary = ({"aggregation_weights": {site: w / total for site, w in sorted(self.used.items())}}
-                              if total > 0 else {})
-        return self.plan.finish_average(self.average, self.global_weights)
+        combined, summary = self.combiner.combine()
+        weights = self.plan.finish(combined, self.global_weights)
+        self.plan._summary = summary
+        return weights

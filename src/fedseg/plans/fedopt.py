@@ -11,8 +11,9 @@ adaptive optimizer step per round (Algorithm 2 of the paper, no bias correction)
 
 (the paper writes it with ``Delta = -g`` and a plus sign: the same step). ``m`` starts at 0 and
 ``v`` at ``tau**2`` (the paper asks for ``v >= tau**2``). ``tau`` bounds the step where ``v`` is
-small. Float parameters take the step; integer buffers (``num_batches_tracked``) take the plain
-average. ``m`` and ``v`` (float64, per parameter) are the plan's state.
+small. Float parameters take the step; integer buffers (``num_batches_tracked``) take the
+combination itself, rounded. ``m`` and ``v`` (float64, per parameter) are the plan's state. With a
+robust ``aggregator`` its combination takes the place of the weighted average in ``g``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedseg.plans.averaging import RunningAverage
+from fedseg.plans.averaging import cast_like
 from fedseg.plans.fedavg import FedAvg
 from fedseg.types import Weights
 
@@ -54,24 +55,33 @@ class FedOpt(FedAvg):
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def finish_average(self, average: RunningAverage, global_weights: Weights) -> Weights:
-        means = average.means()
-        result = average.result(means)
-        if global_weights.keys() != means.keys():
-            raise ValueError("the updates and the global model disagree on parameter names")
-        for key, mean in means.items():
-            if np.issubdtype(result[key].dtype, np.floating):
-                x = np.asarray(global_weights[key], dtype=np.float64)
-                result[key] = (x + self._step(key, x - mean)).astype(result[key].dtype)
+    def finish(self, combined: dict[str, np.ndarray], global_weights: Weights) -> Weights:
+        """One server step from the round's combination; the moments change only if every new
+        value is finite (a non-finite step is an error and leaves the plan as it was)."""
+        result = cast_like(combined, global_weights)
+        m, v = {}, {}
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            for key, target in combined.items():
+                if np.issubdtype(global_weights[key].dtype, np.floating):
+                    x = np.asarray(global_weights[key], dtype=np.float64)
+                    step, m[key], v[key] = self._step(key, x - target)
+                    result[key] = np.asarray(x + step).astype(global_weights[key].dtype)
+        for name, values in (("first moment", m), ("second moment", v), ("model", result)):
+            bad = sorted(key for key, value in values.items() if not np.isfinite(value).all())
+            if bad:
+                raise ValueError(f"the server step of {self.name} gives a non-finite {name} in {bad[:5]}; "
+                                 "the round's updates are too large for this server_lr/tau: lower server_lr")
+        self.m.update(m)
+        self.v.update(v)
         return result
 
-    def _step(self, key: str, g: np.ndarray) -> np.ndarray:
-        """Update ``m`` and ``v`` of parameter ``key`` with gradient ``g``; return the change to apply."""
+    def _step(self, key: str, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The change to apply for gradient ``g`` of parameter ``key``, and its new ``m`` and ``v``."""
         m = self.m.get(key, np.zeros_like(g))
         v = self.v.get(key, np.full_like(g, self.tau ** 2))
-        self.m[key] = np.asarray(self.beta1 * m + (1 - self.beta1) * g)  # asarray: 0-d maths gives scalars
-        self.v[key] = np.asarray(second_moment(self.optimizer, v, g * g, self.beta2))
-        return -self.server_lr * self.m[key] / (np.sqrt(self.v[key]) + self.tau)
+        m = np.asarray(self.beta1 * m + (1 - self.beta1) * g)  # asarray: 0-d maths gives scalars
+        v = np.asarray(second_moment(self.optimizer, v, g * g, self.beta2))
+        return -self.server_lr * m / (np.sqrt(v) + self.tau), m, v
 
     def state_dict(self) -> dict[str, Any]:
         return {"m": dict(self.m), "v": dict(self.v)}

@@ -31,11 +31,15 @@ class SiteSampling:
         if n_sites < self.min_sites:
             raise ValueError(f"plan.min_sites is {self.min_sites} but only {n_sites} site(s) are available")
 
-    def choose(self, seed: int, round: int, sites: Sequence[str]) -> list[str]:
-        """The sites that train in ``round``, in the order given."""
-        self.check_available(len(sites))
+    def count(self, n_sites: int) -> int:
+        """How many of ``n_sites`` available sites train in a round."""
+        self.check_available(n_sites)
         # the tolerance keeps 0.7 * 10 (= 7.000000000000001 in floats) at 7 sites
-        count = max(self.min_sites, math.ceil(self.fraction * len(sites) - 1e-9))
+        return min(n_sites, max(self.min_sites, math.ceil(self.fraction * n_sites - 1e-9)))
+
+    def choose(self, seed: int, round: int, sites: Sequence[str]) -> list[str]:
+        """The sites that train in ``round``, in the order given (a function of the arguments alone)."""
+        count = self.count(len(sites))
         if count >= len(sites):
             return list(sites)
         rng = np.random.default_rng(stable_seed(seed, "sample", round))
