@@ -28,6 +28,13 @@ def run_cli(monkeypatch):
     return run
 
 
+def rgb24_volume(shape) -> np.ndarray:
+    """A NIfTI RGB24 volume (nibabel's structured dtype) of colour (10, 20, 30) everywhere."""
+    array = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    array["R"], array["G"], array["B"] = 10, 20, 30
+    return array
+
+
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error")]
 
@@ -147,6 +154,16 @@ def test_inspect_site_collects_problems_instead_of_raising(nifti_site):
     assert inspection.cases == []
     assert [Path(p.path).name for p in inspection.problems] == ["case_02.nii.gz"]
     assert "image without label" in inspection.problems[0].message
+
+
+def test_data_check_on_an_rgb24_nifti_site_lists_it(make_site, run_cli):
+    site = make_site()
+    shape = (6, 6, 6)
+    site.nifti("images", "c", rgb24_volume(shape))
+    site.nifti("labels", "c", np.zeros(shape, np.uint8))
+    code, output = run_cli("data", "check", str(site.root))
+    assert code == 0, output
+    assert "6x6x6" in output and "10..30" in output and "1 case(s) ok, 0 problem(s)" in output
 
 
 @pytest.mark.real_data

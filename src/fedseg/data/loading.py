@@ -47,7 +47,7 @@ def load_case(case: Case, task: Task, check_declared: bool = True) -> tuple[Load
 
     image_array = None
     if image is not None:
-        image_array = _image_channels(image.array, case.image, task, problems)
+        image_array = _image_channels(image, case.image, task, problems)
         if image_array is not None and not np.isfinite(image_array).all():
             problems.append(Problem(case.image, "image contains NaN or infinite values; fix or remove the case"))
             image_array = None
@@ -87,13 +87,13 @@ def _read(path: Path, task: Task, problems: list[Problem]) -> Volume | None:
         return None
 
 
-def _image_channels(array: np.ndarray, path: Path, task: Task, problems: list[Problem]) -> np.ndarray | None:
-    channels = array.shape[0]
+def _image_channels(image: Volume, path: Path, task: Task, problems: list[Problem]) -> np.ndarray | None:
+    array, channels = image.array, image.array.shape[0]
     if channels == task.in_channels:
         return array
-    if channels in (3, 4) and task.in_channels == 1 and path.name.lower().endswith(IMAGE_2D_SUFFIXES):
-        # RGB(A) picture of a grey modality. Only for picture formats: the channels of a NIfTI
-        # file are separate modalities (e.g. T1, T1c, T2, FLAIR) and must not be averaged.
+    if image.colour and channels in (3, 4) and task.in_channels == 1:
+        # RGB picture (or RGB24 NIfTI) of a grey modality. Only colour channels: the channels of
+        # a 4D NIfTI are separate modalities (e.g. T1, T1c, T2, FLAIR) and must not be averaged.
         return array[:3].astype(np.float32).mean(axis=0, keepdims=True)
     problems.append(Problem(path, f"image has {channels} channel(s) but task.in_channels is {task.in_channels}; "
                                   "set task.in_channels to match"))
@@ -143,9 +143,8 @@ def _label_classes(label: np.ndarray, path: Path, task: Task,
             problems.append(Problem(path, f"undeclared label values {undeclared} (value: voxel count); the "
                                           f"task declares {task.labels}: add them to task.labels or fix the label"))
             return label, found, False
-    lookup = np.zeros(max(task.class_values) + 1, dtype=np.int64)
-    lookup[task.class_values] = np.arange(task.n_classes)
-    return lookup[label].astype(np.uint8), found, binarised
+    # every value is declared now: its class index is its rank among the sorted declared values
+    return np.searchsorted(task.class_values, label).astype(np.uint8), found, binarised
 
 
 def _can_binarise(path: Path, label: np.ndarray, task: Task) -> bool:

@@ -1,6 +1,9 @@
 """Find a site's cases: an ``images/`` + ``labels/`` folder pair, or a CSV manifest.
 
 A manifest has a header ``image,label[,split]``; relative paths are relative to the CSV's folder.
+A case name (the image's file name without suffix) ends up in results, CSV files and reports, so a
+name that is not printable UTF-8 (bytes of another encoding, control characters) is a problem of
+that case: the user renames the file, rather than fedseg guessing an encoding.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedseg.data.errors import DataError, Problem
+from fedseg.data.errors import DataError, Problem, printable
 from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name, is_supported
 
 SPLITS = ("train", "val", "test")
@@ -74,11 +77,24 @@ def _files_by_case(folder: Path, problems: list[Problem]) -> dict[str, Path]:
                                           "or move the file out of the site folder"))
             continue
         name = case_name(path)
+        if (bad := _bad_name(name)) is not None:
+            problems.append(Problem(path, bad))
+            continue
         if name in files:
             problems.append(Problem(path, f"two files for case '{name}' (also {files[name].name}); keep one"))
             continue
         files[name] = path
     return files
+
+
+def _bad_name(name: str) -> str | None:
+    """Why ``name`` cannot name a case, or None."""
+    if not name:
+        return "the file name is only a suffix; give the case a name"
+    if printable(name) != name:
+        return (f"the file name '{printable(name)}' is not printable UTF-8 (shown with backslash escapes); "
+                "rename the file (and its image or label partner) using UTF-8 letters, digits, '-' and '_'")
+    return None
 
 
 def _from_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
@@ -118,6 +134,9 @@ def _read_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
             image = (manifest.parent / row["image"]).resolve()
             label = (manifest.parent / row["label"]).resolve()
             name = case_name(image)
+            if (bad := _bad_name(name)) is not None:
+                problems.append(Problem(image, f"{bad} (listed at {where})"))
+                continue
             if name in seen:
                 problems.append(Problem(Path(where), f"case '{name}' already listed on line {seen[name]}"))
                 continue
