@@ -48,7 +48,7 @@ class ArmRunner:
     resume: bool = False
     progress: ProgressFactory | None = None
 
-    def federated(self, make_plan: Callable[[], ComputePlan], rounds: int) -> dict[str, Model]:
+    def federated(self, make_plan: Callable[[], ComputePlan]) -> dict[str, Model]:
         """FL_global (with ``federation.folds = k > 1``: the ensemble of k federations, each on
         its own train/val re-split of every site, as Sarma et al.'s 5 averaged submodels) and,
         with ``fine_tune_epochs``, each site's FL_local (one per ensemble member)."""
@@ -61,7 +61,7 @@ class ArmRunner:
                 name, arm_dir = f"FL_global_fold{fold}", self._arm_dir(f"FL_global_fold{fold}")
                 datasets = {site: data.fold(fold, folds, self.experiment.seed) for site, data in self.datasets.items()}
             apps = self._apps(datasets, arm_dir.root)
-            members.append((self._train(name, make_plan(), apps, rounds, arm_dir), apps))
+            members.append((self._train(name, make_plan(), apps, arm_dir), apps))
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
         epochs = self.experiment.federation.fine_tune_epochs
         for site in list(self.datasets) if epochs else []:
@@ -82,30 +82,29 @@ class ArmRunner:
             name = f"standalone_{site}"
             arm_dir = self._arm_dir(name)
             apps = self._apps({site: data}, arm_dir.root)
-            models[name] = self._train(name, self._single_site_plan(), apps,
-                                       self.experiment.federation.rounds, arm_dir)
+            models[name] = self._train(name, self._single_site_plan(), apps, arm_dir)
         return models
 
     def centralized(self) -> dict[str, Weights]:
         arm_dir = self._arm_dir("centralized")
         pooled = SiteDataset.pooled("centralized", list(self.datasets.values()))
         apps = self._apps({"centralized": pooled}, arm_dir.root)
-        return {"centralized": self._train("centralized", self._single_site_plan(), apps,
-                                           self.experiment.federation.rounds, arm_dir)}
+        return {"centralized": self._train("centralized", self._single_site_plan(), apps, arm_dir)}
 
     # -------------------------------------------------------------------------------------------
-    def _train(self, name: str, plan: ComputePlan, apps: dict[str, SiteApp], rounds: int,
-               arm_dir: RunDirectory) -> Weights:
+    def _train(self, name: str, plan: ComputePlan, apps: dict[str, SiteApp], arm_dir: RunDirectory) -> Weights:
+        """Run ``plan`` for its ``total_rounds`` (or reuse the saved model when resuming)."""
         if (saved := self._saved(name)) is not None:
             return saved
         with self.progress(name) if self.progress else nullcontext() as observer:
             engine = round_engine(self.experiment, plan, InProcessDispatcher(apps), arm_dir, list(apps), observer)
-            weights = engine.run(self.initial, rounds, resume=self.resume)
+            weights = engine.run(self.initial, plan.total_rounds, resume=self.resume)
         return self._save(name, weights)
 
     def _single_site_plan(self) -> ComputePlan:
         training = self.experiment.training
-        return FedAvg(seed=self.experiment.seed, local_epochs=training.local_epochs, local_steps=training.local_steps)
+        return FedAvg(seed=self.experiment.seed, local_epochs=training.local_epochs, local_steps=training.local_steps,
+                      rounds=self.experiment.federation.rounds)
 
     def _apps(self, datasets: dict[str, SiteDataset], root: Path) -> dict[str, SiteApp]:
         return {name: site_app(self.experiment, data, state_dir=root / "sites" / name, fault=self._fault(name))

@@ -31,7 +31,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     runner = ArmRunner(experiment, datasets, run_dir, initial_weights(experiment), resume, progress)
     models: dict[str, Model] = {}
     if "federated" in experiment.arms:
-        models.update(runner.federated(experiment.compute_plan, experiment.runtime_rounds))
+        models.update(runner.federated(experiment.compute_plan))
     if "standalone" in experiment.arms:
         models.update(runner.standalone())
     if "centralized" in experiment.arms:
