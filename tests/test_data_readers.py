@@ -305,8 +305,9 @@ def test_three_declared_values_map_in_value_order(make_site):
 
 
 @pytest.mark.parametrize("labels, expected", [
-    ({"background": 0, "organ": -1}, "integers >= 0"),
-    ({"background": 0, "organ": 1.5}, "integers >= 0"),
+    ({"background": 0, "organ": -1}, "integers from 0 to"),
+    ({"background": 0, "organ": 1.5}, "integers from 0 to"),
+    ({"background": 0, "organ": 2**31}, "integers from 0 to 2147483647"),
     ({"organ": 1, "tumour": 2}, "background class to 0"),
     ({"background": 0, "organ": 0}, "distinct values"),
 ])
