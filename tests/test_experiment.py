@@ -1,5 +1,9 @@
 """The experiment file: defaults, path resolution, and errors that say where and what."""
 
+import math
+import subprocess
+import sys
+
 import pytest
 import tomli_w
 
@@ -56,6 +60,35 @@ def test_resolved_experiment_round_trips_through_toml(tmp_path):
     ({"sites": [{"name": "a", "path": "x", "shard": [3, 3]}]}, "shard must be [index, count]"),
     ({"sites": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]}, "site names must be unique"),
     ({"seed": "seven"}, "seed must be an integer"),
+    # issue 8, finding 7: names become folders
+    ({"name": "../../../x"}, "top-level name '../../../x' is not a valid name"),
+    ({"sites": [{"name": "x/../../../../ESCAPED", "path": "x"}]},
+     "[[sites]] #1 name 'x/../../../../ESCAPED' is not a valid name"),
+    ({"sites": [{"name": "", "path": "x"}]}, "[[sites]] #1 name '' is not a valid name"),
+    ({"sites": [{"name": "a", "path": "x"}, {"name": "A", "path": "y"}]}, "unique, also ignoring case"),
+    # issue 8, finding 8: tracebacks and silently accepted values
+    ({"training": {"device": "tpu"}}, "[training] training.device must be 'cpu', 'cuda' or 'cuda:N'"),
+    ({"model": {"norm": "bogus"}}, "[model] model.norm must be one of ('instance', 'batch'), got 'bogus'"),
+    ({"training": {"lr": math.nan}}, "[training] lr = nan is not a finite number"),
+    ({"training": {"lr": math.inf}}, "[training] lr = inf is not a finite number"),
+    ({"plan": {"name": "fedavg", "fraction": math.nan}}, "[plan] fraction = nan is not a finite number"),
+    ({"preprocessing": {"clip": [-math.inf, 250.0]}}, "[preprocessing] clip[0] = -inf is not a finite number"),
+    ({"preprocessing": {"patch_size": [0, 0, 0]}}, "preprocessing.patch_size: each size (voxels) must be within"),
+    ({"preprocessing": {"spatial_size": [-4, 32, 32]}}, "preprocessing.spatial_size: each size (voxels)"),
+    ({"preprocessing": {"percentiles": [99.5, 0.5]}}, "preprocessing.percentiles must be [lower, upper]"),
+    ({"training": {"sw_overlap": 5.0}}, "[training] training.sw_overlap must be a finite number within [0, 1)"),
+    ({"training": {"sw_batch_size": 0}}, "[training] training.sw_batch_size must be >= 1, got 0"),
+    ({"preprocessing": {"patch_size": [30, 32, 32]}}, "patch_size [30, 32, 32] does not fit the UNet"),
+    ({"preprocessing": {"patch_size": [8, 8, 8]}}, "give multiples of 8 that leave more than one voxel"),
+    ({"preprocessing": {"spatial_size": [4, 4, 4]}}, "spatial_size (padded to the model's factor) [8, 8, 8]"),
+    ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1"),
+    ({"seed": True}, "seed must be an integer"),
+    ({"arms": [["federated"]]}, "arms must be a non-empty list of distinct values"),
+    ({"sites": [{"name": "a", "path": "a\0b"}]}, "[[sites]] #1 path = 'a\\x00b' must be the path of the site's"),
+    ({"sites": [{"name": "a", "path": 3}]}, "[[sites]] #1 path = 3 must be the path"),
+    ({"sites": [{"name": "a", "path": "~no_such_user_fedseg/x"}]}, "[[sites]] #1 path = '~no_such_user_fedseg/x' cannot"),
+    ({"sites": [{"name": "a", "path": "x", "shard": [False, True]}]}, "shard must be [index, count]"),
+    ({"training": {"batch_size": 2**63}}, "[training] batch_size = 9223372036854775808 is out of range"),
 ])
 def test_mistakes_name_the_file_section_and_key(tmp_path, change, message):
     path = write(tmp_path, {**MINIMAL, **change})
@@ -74,3 +107,42 @@ def test_missing_task_and_bad_toml_and_missing_file(tmp_path):
         load_experiment(broken)
     with pytest.raises(ConfigError, match="experiment file not found"):
         load_experiment(tmp_path / "nope.toml")
+
+
+def test_the_message_for_a_bad_name_shows_a_valid_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"letters, digits, '_' or '-'.*e\.g\. 'hospital_a'"):
+        load_experiment(write(tmp_path, {**MINIMAL, "sites": [{"name": "a b", "path": "x"}]}))
+    with pytest.raises(ConfigError, match="e.g. 'hippocampus_fedavg'"):
+        load_experiment(write(tmp_path, {**MINIMAL, "name": "."}))
+    # without a name, the file's stem names the run; a stem that cannot gets a suggestion
+    with pytest.raises(ConfigError, match=r"the file name 'my exp\.v2' .* name = \"my_exp_v2\""):
+        load_experiment(write(tmp_path, MINIMAL, "my exp.v2.toml"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00\x01binary", "not a text TOML file (byte 0xff at offset 0 is not UTF-8)"),
+    (b"name = \"caf\xe9\"\n", "not a text TOML file"),
+    (b"a = " + b"[" * 5000, "nested too deeply"),
+    (b"x = 1" + b" " * (1 << 20), "bytes is too large (the experiment file may have at most 1048576 bytes)"),
+])
+def test_a_file_that_is_not_a_text_toml_file_is_a_config_error(tmp_path, content, message):
+    path = tmp_path / "exp.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_a_folder_is_not_an_experiment_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give the path of the experiment file"):
+        load_experiment(tmp_path)
+
+
+def test_reading_an_experiment_file_imports_neither_torch_nor_monai(tmp_path):
+    path = write(tmp_path, {**MINIMAL, "preprocessing": {"patch_size": [32, 32, 16]}, "model": {"name": "SegResNet"},
+                            "plan": {"name": "fedprox", "proximal_mu": 0.01}})
+    code = ("import sys, fedseg.experiment as e; x = e.load_experiment(sys.argv[1]); x.compute_plan(); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai'}); "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

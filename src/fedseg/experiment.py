@@ -9,33 +9,30 @@ directory keeps, and what ``--resume`` compares against.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from fedseg.data.acquisition import RECONTRASTS
-from fedseg.data.dataset import SiteSpec, site_task
 from fedseg.data.preprocessing import Preprocessing
+from fedseg.data.site_spec import SiteSpec, parse_site
 from fedseg.data.splits import SplitFractions
 from fedseg.data.task import Task
-from fedseg.errors import UserError
+from fedseg.files import safe_name
 from fedseg.models.registry import ModelConfig
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.registry import build_plan
 from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.site_app import check_fault
-from fedseg.training.trainer import TrainingConfig
+from fedseg.tables import ConfigError, build_table, check_numbers, read_toml
+from fedseg.training.config import TrainingConfig
 
-
-
-class ConfigError(UserError):
-    """The experiment file is wrong; the message says where and how to fix it."""
+__all__ = ["ConfigError", "Experiment", "load_experiment", "parse_experiment"]
+MAX_SEED = 2**32 - 1
+NAME_EXAMPLE = "hippocampus_fedavg"
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,9 @@ class Experiment:
     """``name`` of the compute plan and its plan-specific options (``[plan]`` table)."""
     source: Path | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        safe_name(self.name, "experiment name", NAME_EXAMPLE)  # it names the run's folder and the FLARE job
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment as plain TOML-able data (absolute paths, no None values)."""
         data: dict[str, Any] = {"name": self.name, "seed": self.seed, "arms": list(self.arms)}
@@ -115,55 +115,77 @@ ARMS = ("federated", "standalone", "centralized")
 
 
 def load_experiment(path: Path) -> Experiment:
+    """The experiment in the TOML file at ``path``; a ConfigError naming the file for anything wrong."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_experiment(data, source=path)
+    return parse_experiment(read_toml(path, "experiment file"), source=path)
 
 
 def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experiment:
     where = str(source) if source else "experiment"
     base = source.parent.resolve() if source else Path.cwd()
+    check_numbers(data, where)
     unknown = set(data) - TOP_LEVEL
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
     if "task" not in data:
         raise ConfigError(f"{where}: missing [task] section, e.g. [task] labels = {{ background = 0, organ = 1 }}")
-    sections = {name: _build(cls, data.get(name, {}), name, where) for name, cls in SECTIONS.items()}
+    sections = {name: build_table(cls, data.get(name, {}), name, where) for name, cls in SECTIONS.items()}
     try:
-        sections["preprocessing"].check_dims(sections["task"].spatial_dims)
+        _check_sizes(sections["preprocessing"], sections["model"], sections["task"].spatial_dims)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    sites = tuple(_site(entry, i, base, where) for i, entry in enumerate(data.get("sites", [])))
-    if not sites:
+    entries = data.get("sites", [])
+    if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where}: no sites; add [[sites]] tables with name and path")
-    for site in sites:
-        try:
-            site_task(site, sections["task"])
-        except ValueError as exc:
-            raise ConfigError(f"{where}: [[sites]] {exc}") from None
+    sites = tuple(parse_site(entry, i, base, sections["task"], where) for i, entry in enumerate(entries))
     names = [s.name for s in sites]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{where}: site names must be unique, got {names}")
+    if len({n.lower() for n in names}) != len(names):
+        raise ConfigError(f"{where}: site names must be unique, also ignoring case (they name folders), got {names}")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int):
-        raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
-    name = data.get("name", source.stem if source else "experiment")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where}: seed must be an integer from 0 to {MAX_SEED}, got {seed!r:.40}")
+    name = _name(data, source, where)
     arms = data.get("arms", ["federated"])
-    if not (isinstance(arms, list) and arms and set(arms) <= set(ARMS) and len(set(arms)) == len(arms)):
-        raise ConfigError(f"{where}: arms must be a non-empty list of distinct values from {list(ARMS)}, got {arms!r}")
+    if not (isinstance(arms, list) and arms and all(isinstance(a, str) for a in arms) and set(arms) <= set(ARMS)
+            and len(set(arms)) == len(arms)):
+        raise ConfigError(f"{where}: arms must be a non-empty list of distinct values from {list(ARMS)}, "
+                          f"got {arms!r:.80}")
     if "centralized" in arms and any(site.labels is not None for site in sites):
         raise ConfigError(f"{where}: the 'centralized' arm pools all sites' labels, which needs every site "
                           "fully annotated: remove 'centralized' from arms or the sites' labels tables")
     plan = _plan(data.get("plan", {}), seed, sites, sections, where)
     faults = _faults(data.get("faults", {}), names, where)
-    return Experiment(name=str(name), seed=seed, sites=sites, arms=tuple(arms), plan=plan, faults=faults,
+    return Experiment(name=name, seed=seed, sites=sites, arms=tuple(arms), plan=plan, faults=faults,
                       source=source,
                       **sections)
+
+
+def _name(data: dict[str, Any], source: Path | None, where: str) -> str:
+    """The top-level ``name``, else the file's stem: it names the run's folder, so a ``safe_name``."""
+    if "name" in data:
+        try:
+            return safe_name(data["name"], "top-level name", NAME_EXAMPLE)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    stem = source.stem if source else "experiment"
+    try:
+        return safe_name(stem, "experiment name")
+    except ValueError:
+        example = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-")[:64] or NAME_EXAMPLE
+        raise ConfigError(f"{where}: the file name {stem!r} cannot name the experiment (the name becomes the run's "
+                          f"folder): add a top-level name of letters, digits, '_' and '-', e.g. "
+                          f"name = \"{example}\"") from None
+
+
+def _check_sizes(preprocessing: Preprocessing, model: ModelConfig, spatial_dims: int) -> None:
+    """The sizes agree with the task's dimensions, and what reaches the network fits the model."""
+    preprocessing.check_dims(spatial_dims)
+    if preprocessing.patch_size is not None:
+        model.check_input_size(preprocessing.patch_size, "preprocessing.patch_size")
+    elif preprocessing.spatial_size is not None:  # whole images, padded to the model's factor
+        factor = model.downsampling_factor
+        padded = tuple(-(-size // factor) * factor for size in preprocessing.spatial_size)
+        model.check_input_size(padded, "preprocessing.spatial_size (padded to the model's factor)")
 
 
 def _plan(table: Any, seed: int, sites: tuple[SiteSpec, ...], sections: dict, where: str) -> dict[str, Any]:
@@ -201,74 +223,6 @@ def experiment_plan(plan: dict[str, Any], seed: int, site_names: list[str], trai
     options = {k: v for k, v in plan.items() if k != "name"}
     return build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options,
                       rounds=rounds)
-
-
-def _site(entry: Any, index: int, base: Path, where: str) -> SiteSpec:
-    label = f"[[sites]] #{index + 1}"
-    if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
-        raise ConfigError(f"{where}: {label} needs name and path")
-    allowed = ("name", "path", "shard", "labels", "recontrast")
-    unknown = set(entry) - set(allowed)
-    if unknown:
-        raise ConfigError(f"{where}: {label} has unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
-    if entry.get("recontrast") not in (None, *RECONTRASTS):
-        raise ConfigError(f"{where}: {label} recontrast must be one of {list(RECONTRASTS)}, "
-                          f"got {entry['recontrast']!r}")
-    labels = entry.get("labels")
-    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values())):
-        raise ConfigError(f"{where}: {label} labels must map class names to integer values, got {labels!r}")
-    shard = entry.get("shard")
-    if shard is not None:
-        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)
-                and 0 <= shard[0] < shard[1]):
-            raise ConfigError(f"{where}: {label} shard must be [index, count] with 0 <= index < count, got {shard}")
-        shard = tuple(shard)
-    path = Path(str(entry["path"])).expanduser()
-    return SiteSpec(str(entry["name"]), path if path.is_absolute() else (base / path).resolve(), shard, labels,
-                    entry.get("recontrast"))
-
-
-def _build(cls: type, table: Any, section: str, where: str):
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [{section}] must be a table")
-    hints = typing.get_type_hints(cls)
-    allowed = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: [{section}] unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    for key, value in table.items():
-        if not _type_ok(value, hints[key]):
-            raise ConfigError(f"{where}: [{section}] {key} = {value!r} has the wrong type; expected {_describe(hints[key])}")
-    values = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints[k]) else v for k, v in table.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: [{section}] {exc}") from None
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "nothing")
 
 
 def _plain(value: Any) -> Any:

@@ -33,10 +33,10 @@ def read_toml(path: Path, what: str = "experiment file") -> dict[str, Any]:
     path = Path(path)
     try:
         if path.is_dir():
-            raise ConfigError(f"{path}: is a folder, not a {what}; give the path of the .toml file")
+            raise ConfigError(f"{path}: is a folder; give the path of the {what} (a .toml file)")
         if path.stat().st_size > MAX_TOML_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a {what} "
-                              f"(at most {MAX_TOML_BYTES} bytes); is it the right file?")
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large (the {what} may have at most "
+                              f"{MAX_TOML_BYTES} bytes); is it the right file?")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
@@ -52,7 +52,7 @@ def read_toml(path: Path, what: str = "experiment file") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not a {what}: its arrays or tables are nested too deeply") from None
+        raise ConfigError(f"{path}: not valid TOML here: arrays or tables nested too deeply") from None
 
 
 def check_numbers(data: Any, where: str, keys: tuple = ()) -> None:
@@ -64,7 +64,7 @@ def check_numbers(data: Any, where: str, keys: tuple = ()) -> None:
         for index, value in enumerate(data):
             check_numbers(value, where, (*keys, index))
     elif isinstance(data, float) and not math.isfinite(data):
-        raise ConfigError(f"{where}: {key_path(keys)} = {data} is not a finite number; give a number")
+        raise ConfigError(f"{where}: {key_path(keys)} = {data} is not a finite number; give a finite value")
     elif isinstance(data, int) and not -_INT64 <= data < _INT64:
         raise ConfigError(f"{where}: {key_path(keys)} = {data} is out of range (beyond 64-bit integers)")
 

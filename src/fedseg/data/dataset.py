@@ -7,7 +7,6 @@ together (DataError). Preprocessed cases are cached so epochs never re-read or r
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,36 +21,10 @@ from fedseg.data.loading import LoadedCase, load_case
 from fedseg.data.partition import shard_cases
 from fedseg.data.preprocessing import Preprocessing, deterministic_transforms, random_transforms
 from fedseg.data.site import SPLITS, discover_cases
+from fedseg.data.site_spec import SiteSpec, site_task
 from fedseg.data.splits import SplitFractions, assign_splits
 from fedseg.data.task import Task
 from fedseg.seeding import stable_seed
-
-
-@dataclass(frozen=True)
-class SiteSpec:
-    """Where a site's data lives; ``shard = (index, count)`` takes one part of a pooled folder.
-
-    ``labels`` declares a site that annotates only some of the task's classes (partial labels):
-    class name -> value in this site's label files, names from the task, background included.
-    """
-
-    name: str
-    path: Path
-    shard: tuple[int, int] | None = None
-    labels: dict[str, int] | None = None
-    recontrast: str | None = None
-    """Simulated acquisition difference applied to this site's images (see ``data.acquisition``)."""
-
-
-def site_task(spec: SiteSpec, task: Task) -> Task:
-    """The task as this site's label files encode it (its own values for its annotated classes)."""
-    if spec.labels is None:
-        return task
-    unknown = set(spec.labels) - set(task.labels)
-    if unknown or task.class_names[0] not in spec.labels:
-        raise ValueError(f"site '{spec.name}' labels must name classes of the task {task.class_names}, "
-                         f"the background '{task.class_names[0]}' included; got {spec.labels}")
-    return Task(dict(spec.labels), task.spatial_dims, task.in_channels)
 
 
 class SiteDataset:

@@ -6,6 +6,7 @@ torch (they are imported when a network is built), so reading an experiment file
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,16 @@ class ModelConfig:
         """Input sizes must be divisible by this for whole-image inference."""
         levels = {"UNet": len(self.channels) - 1, "BasicUNet": 4, "SegResNet": 3}[self.name]
         return 2**levels
+
+    def check_input_size(self, size: tuple[int, ...], what: str) -> None:
+        """ValueError unless the network runs on inputs of ``size``: multiples of the down-sampling
+        factor (BasicUNet pads on its own) with more than one voxel left at the deepest level."""
+        factor = self.downsampling_factor
+        divisible = self.name == "BasicUNet" or not any(s % factor for s in size)
+        if not divisible or math.prod(s // factor for s in size) < 2:
+            raise ValueError(f"{what} {list(size)} does not fit the {self.name}, which halves its input "
+                             f"{factor.bit_length() - 1} times: give multiples of {factor} that leave more than "
+                             f"one voxel at the deepest level, e.g. {[2 * factor] * len(size)}")
 
 
 def build_network(config: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
