@@ -287,3 +287,57 @@ def test_every_plan_counts_its_own_runtime_rounds(name):
     if name in ("cyclic", "single_transfer"):
         with pytest.raises(ValueError, match="outside"):
             plan.configure_train(plan.total_rounds, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name, key, value, expected", [
+    ("fedavg", "min_sites", 1.5, "a whole number"),
+    ("fedavg", "min_sites", True, "a whole number"),
+    ("fedavg", "fraction", "a", "a finite number"),
+    ("fedadam", "server_lr", True, "a finite number"),
+    ("fedadam", "tau", math.inf, "a finite number"),
+    ("fedprox", "proximal_mu", math.nan, "a finite number"),
+    ("fedavg", "weighted_by", 3, "a string"),
+    ("fedavg", "aggregator", ["median"], "a string"),
+    ("cyclic", "order", None, "a string"),
+])
+def test_option_types_are_checked_and_named(name, key, value, expected):
+    with pytest.raises(ValueError, match=f"^{key} = .* has the wrong type; expected {expected}$"):
+        build_plan(name, 0, SITES, 1, None, {key: value}, rounds=1)
+
+
+def test_integers_are_fine_numbers():
+    plan = build_plan("fedadam", 0, SITES, 1, None, {"server_lr": 1, "fraction": 1}, rounds=1)
+    assert plan.server_lr == 1.0 and isinstance(plan.server_lr, float)
+
+
+def test_a_wrong_option_type_in_an_experiment_file_names_plan_and_key():
+    from fedseg.experiment import ConfigError, parse_experiment
+
+    data = {"task": {"labels": {"background": 0, "organ": 1}}, "sites": [{"name": "a", "path": "/a"}],
+            "plan": {"name": "fedavg", "min_sites": 1.5}}
+    with pytest.raises(ConfigError, match=r"\[plan\] min_sites = 1.5 has the wrong type; expected a whole number"):
+        parse_experiment(data)
+
+
+# --- configure_train is a pure function of (round, sites) and the plan's state -----------------
+PURE = {name: (lambda name=name: build_plan(name, 5, SITES, 1, None, options, rounds=4))
+        for name, options in [("fedavg", {"fraction": 0.6}), ("fedprox", {"proximal_mu": 0.1}),
+                              ("fedadam", {"aggregator": "median"}), ("fedyogi", {"aggregator": "clipped_mean"}),
+                              ("fedadagrad", {"fraction": 0.4}), ("cyclic", {"order": "shuffled"}),
+                              ("single_transfer", {})]}
+
+
+@pytest.mark.parametrize("make_plan", PURE.values(), ids=PURE.keys())
+def test_configure_train_changes_nothing_and_depends_only_on_round_and_sites(make_plan):
+    """A progress display may ask who trains in any round, as often as it likes, without effect."""
+    start = {"conv.weight": np.zeros(3), "bn.num_batches_tracked": np.array(0)}
+    fresh = make_plan()
+    expected = [fresh.configure_train(r, SITES) for r in range(fresh.total_rounds)]
+    plan = make_plan()
+    weights = start
+    for round in range(plan.total_rounds):
+        state = repr(plan.state_dict())
+        asked = [plan.configure_train(r, SITES) for r in reversed(range(plan.total_rounds))][::-1]
+        assert asked == expected and repr(plan.state_dict()) == state
+        weights = plan.aggregate_train(round, weights, fake_updates(plan.configure_train(round, SITES), weights))
+    assert [plan.configure_train(r, SITES) for r in range(plan.total_rounds)] == expected
