@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fedseg.plans.fedopt import FedOpt
@@ -21,8 +22,8 @@ def test_fedopt_state_survives_a_checkpoint_bit_exactly(tmp_path):
     rng = np.random.default_rng(0)
     model = {"w": rng.normal(size=(3, 4)).astype(np.float32), "scale": np.array(0.5, dtype=np.float32),
              "bn.num_batches_tracked": np.array(7, dtype=np.int64)}
-    updates = {s: Update({k: v + rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 1
-                          for k, v in model.items()}, 3) for s in "ab"}
+    updates = {s: Update({k: np.asarray(v + rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f"
+                                        else v + 1) for k, v in model.items()}, 3) for s in "ab"}
     model = plan.aggregate_train(0, model, updates)
     state = plan.state_dict()
     directory = run_dir(tmp_path)
@@ -65,3 +66,58 @@ def test_json_only_state_and_checkpoints_of_older_versions_still_load(tmp_path):
                directory.checkpoints / "global_round_001.pt")
     round, weights, state = directory.last_round()
     assert (round, state) == (1, {"counter": 3}) and np.array_equal(weights["w"], np.zeros(2))
+
+
+# --- damaged checkpoints on resume (issue 8, finding 8) ---------------------------------------
+
+def three_rounds(tmp_path) -> RunDirectory:
+    directory = run_dir(tmp_path)
+    for round in range(3):
+        directory.save_round(round, {"w": np.full(2, round, dtype=np.float32)}, {"round_seen": round})
+    return directory
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"\x80\x02garbage" * 9,
+                      "other round": path.with_name("global_round_000.pt").read_bytes()}[how])
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "other round"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before_with_a_warning(tmp_path, how):
+    directory = three_rounds(tmp_path)
+    damage(directory.checkpoints / "global_round_002.pt", how)
+
+    with pytest.warns(UserWarning) as caught:
+        round, weights, state = directory.last_round()
+
+    assert (round, state) == (1, {"round_seen": 1}) and np.array_equal(weights["w"], [1, 1])
+    (message,) = [str(w.message) for w in caught]
+    assert f"unreadable checkpoint(s) in {directory.checkpoints}: global_round_002.pt (" in message
+    assert "resuming after round 1 from global_round_001.pt" in message
+
+
+def test_several_unreadable_checkpoints_are_all_named(tmp_path):
+    directory = three_rounds(tmp_path)
+    damage(directory.checkpoints / "global_round_002.pt", "empty")
+    damage(directory.checkpoints / "global_round_001.pt", "truncated")
+    with pytest.warns(UserWarning, match=r"global_round_002.pt \(empty file\); global_round_001.pt \("):
+        assert directory.last_round()[0] == 0
+
+
+def test_no_readable_checkpoint_means_starting_again_and_saying_so(tmp_path):
+    directory = three_rounds(tmp_path)
+    for round in range(3):
+        damage(directory.checkpoints / f"global_round_{round:03d}.pt", "empty")
+    with pytest.warns(UserWarning, match="no readable checkpoint .* starts again from round 0"):
+        assert directory.last_round() is None
+
+
+def test_an_unreadable_final_model_is_made_again(tmp_path):
+    directory = run_dir(tmp_path)
+    directory.save_model("FL_global", {"w": np.ones(2, dtype=np.float32)})
+    assert np.array_equal(directory.load_model("FL_global")["w"], np.ones(2))
+    assert directory.load_model("standalone_a") is None  # never saved
+    (directory.checkpoints / "FL_global.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"FL_global.pt is unreadable \(empty file\); it is made again"):
+        assert directory.load_model("FL_global") is None

@@ -1,7 +1,8 @@
 """The run directory every runtime writes and the report reads.
 
 Writes are atomic (temporary file, then rename), so a run killed at any instant leaves either
-the previous or the new file, never half of one: resume trusts whatever checkpoint it finds.
+the previous or the new file, never half of one. A checkpoint can still be damaged afterwards (a
+full disk, a copy cut short): resume then warns and falls back to the newest readable one.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,28 @@ class RunDirectory:
         return path
 
     def last_round(self) -> tuple[int, Weights, dict[str, Any]] | None:
-        """The newest completed round's (round, weights, plan state), or None if there is none."""
-        rounds = sorted(int(m.group(1)) for p in self.checkpoints.glob("global_round_*.pt")
-                        if (m := CHECKPOINT.search(p.name)))
-        if not rounds:
-            return None
-        saved = torch.load(self.checkpoints / f"global_round_{rounds[-1]:03d}.pt", weights_only=True)
-        arrays = from_tensors(saved.get("plan_arrays", {}))  # absent in checkpoints of older versions
-        return saved["round"], from_tensors(saved["model"]), _put_arrays(json.loads(saved["plan_state"]), arrays)
+        """The newest readable round's (round, weights, plan state), or None if there is none.
+
+        Unreadable newer checkpoints are skipped with one warning that names them: their rounds
+        are run again (and their checkpoints rewritten)."""
+        rounds = sorted((int(m.group(1)) for p in self.checkpoints.glob("global_round_*.pt")
+                         if (m := CHECKPOINT.search(p.name))), reverse=True)
+        skipped: list[str] = []
+        for round in rounds:
+            path = self.checkpoints / f"global_round_{round:03d}.pt"
+            try:
+                loaded = _read_checkpoint(path, round)
+            except Exception as exc:  # torch, pickle, zip and our own checks: any damage means "skip"
+                skipped.append(f"{path.name} ({_damage(path, exc)})")
+                continue
+            if skipped:
+                warnings.warn(f"unreadable checkpoint(s) in {self.checkpoints}: {'; '.join(skipped)}; resuming "
+                              f"after round {round} from {path.name}, later rounds are run again", stacklevel=2)
+            return loaded
+        if skipped:
+            warnings.warn(f"no readable checkpoint in {self.checkpoints} ({'; '.join(skipped)}): the run starts "
+                          "again from round 0", stacklevel=2)
+        return None
 
     def save_model(self, name: str, weights: Weights) -> Path:
         """A final model as a plain state dict, loadable with ``network.load_state_dict(torch.load(p))``."""
@@ -60,8 +76,20 @@ class RunDirectory:
         torch_save_atomic(to_tensors(weights), path)
         return path
 
-    def load_model(self, name: str) -> Weights:
-        return from_tensors(torch.load(self.checkpoints / f"{name}.pt", weights_only=True))
+    def load_model(self, name: str) -> Weights | None:
+        """A saved final model; None if it is missing or unreadable (with a warning: it is made again)."""
+        path = self.checkpoints / f"{name}.pt"
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True)
+            if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+                raise ValueError("not a state dict of tensors")
+            return from_tensors(saved)
+        except Exception as exc:  # torch, pickle, zip: any damage means "make it again"
+            warnings.warn(f"saved model {path} is unreadable ({_damage(path, exc)}); it is made again",
+                          stacklevel=2)
+            return None
 
     # --- metrics.jsonl -----------------------------------------------------------------------
     def append_metrics(self, records: list[dict[str, Any]]) -> None:
@@ -95,6 +123,24 @@ class RunDirectory:
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.root / name).read_text())
+
+
+def _damage(path: Path, exc: Exception) -> str:
+    """What is wrong with a file that could not be loaded, in a few words."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else f"cut short or corrupt ({type(exc).__name__})"
+
+
+def _read_checkpoint(path: Path, round: int) -> tuple[int, Weights, dict[str, Any]]:
+    saved = torch.load(path, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("round") != round:
+        raise ValueError(f"not a checkpoint of round {round}")
+    arrays = from_tensors(saved.get("plan_arrays", {}))  # absent in checkpoints of older versions
+    state = _put_arrays(json.loads(saved["plan_state"]), arrays)
+    if not isinstance(state, dict):
+        raise ValueError("its plan state is not a table")
+    return round, from_tensors(saved["model"]), state
 
 
 ARRAY = "__array__"
