@@ -244,3 +244,17 @@ def test_data_check_prints_a_non_utf8_name_escaped_on_a_real_terminal_stream(mak
     assert "Traceback" not in done.stderr.decode("utf-8", "replace")
     assert output.count("Doe\\xff") >= 2 and "rename the file" in output
     assert "0 case(s) ok, 2 problem(s)" in output  # as for any pairing problem: the site is not read
+
+
+def test_site_reading_for_training_refuses_a_non_utf8_name_before_training(make_site, build_dataset, task_2d):
+    """The finding: such a name passed site reading and training, then the run died writing cross_site.csv."""
+    data = png_bytes(make_site)
+    site = make_site("hospital_a")
+    for i in range(5):
+        site.png_case(f"case_{i}")
+    for folder in (site.images, site.labels):
+        bytes_named(folder, b"Doe_John\xff.png", data)
+    with pytest.raises(DataError) as error:
+        build_dataset(site.root, task_2d)
+    assert "site 'hospital_a': 2 data problems" in str(error.value) and "Doe_John\\xff" in str(error.value)
+    str(error.value).encode("utf-8")

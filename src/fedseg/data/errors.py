@@ -39,4 +39,4 @@ class DataError(UserError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"site '{site}': {len(problems)} data {noun}:\n{lines}")
+        super().__init__(f"site '{printable(site)}': {len(problems)} data {noun}:\n{lines}")
