@@ -58,8 +58,10 @@ class Consortium:
     def start_server(self) -> subprocess.Popen:
         return self._start("server", ["server", str(self.kits["coordinator"])])
 
-    def start_site(self, site: str, kit: Path | None = None, data: Path | None = None) -> subprocess.Popen:
-        return self._start(site, ["site", str(kit or self.kits[site]), "--data", str(data or self.sites[site])])
+    def start_site(self, site: str, kit: Path | None = None, data: Path | None = None,
+                   fault: str | None = None) -> subprocess.Popen:
+        return self._start(site, ["site", str(kit or self.kits[site]), "--data", str(data or self.sites[site]),
+                                  *(["--fault", fault] if fault else [])])
 
     def start_all(self, timeout: float = 90) -> None:
         self.start_server()

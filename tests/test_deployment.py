@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,15 +147,17 @@ def test_deployed_fedavg_equals_simulation(fedavg_run, workspace):
 @pytest.mark.slow
 def test_coordinator_receives_only_weights_and_scores(fedavg_run, workspace):
     received = [json.loads(line) for line in (fedavg_run / "received.jsonl").read_text().splitlines()]
-    assert {r["task"] for r in received} == {"train", "validate", "evaluate"}
+    assert {r["task"] for r in received} == {"join", "train", "validate", "evaluate"}
     assert len([r for r in received if r["task"] == "train"]) == 3 * 3
+    assert all(r["verdict"] == "accepted" for r in received)
+    assert len([r for r in received if r["task"] == "join"]) == 3  # each site declares its cases once
     model = RunDirectory(fedavg_run).last_round()[1]
     shapes = {name: [str(w.dtype), list(w.shape)] for name, w in model.items()}
     case_files = {p.stem.split(".")[0] for p in workspace.joinpath("data").rglob("*.*")}
     for record in received:
         assert record["params"] in ({}, shapes), "only the model's own parameters may be sent"
         assert all(isinstance(v, (int, float)) for v in record["metrics"].values())
-        assert set(record["meta"]) <= {"n_samples", "cases", "client_name", "initial_metrics"}
+        assert set(record["meta"]) <= {"n_samples", "cases", "client_name", "initial_metrics", "declared"}
         assert all(isinstance(v, (int, float)) for v in record["meta"].get("initial_metrics", {}).values())
         for case in record["meta"].get("cases", []):
             assert re.fullmatch(rf"{record['site']}-case-\d{{3}}", case["case"])
@@ -200,6 +203,34 @@ def test_cyclic_transfer_in_deployment_equals_simulation(consortium, experiment_
     assert_same_run(workspace / "cyclic-deployed", workspace / "cyclic-simulated")
     visited = [m["site"] for m in RunDirectory(workspace / "cyclic-deployed").read_metrics()]
     assert visited == sorted(consortium.sites)
+
+
+@pytest.mark.slow
+def test_a_site_that_scales_its_update_is_rejected_and_the_run_equals_its_simulation(consortium, experiment_file,
+                                                                                     workspace):
+    """Fault injection in deployment: hospital_c multiplies its change to the global model by 100
+    (a site-side setting, ``fedseg site --fault``); the coordinator's norm guard rejects it every
+    round and the run goes on with the two others, exactly as the simulation of the same fault."""
+    consortium.kill("hospital_c")
+    consortium.start_site("hospital_c", fault="scale:100")
+    try:
+        consortium.wait_online(set(consortium.sites))
+        experiment = experiment_file("faulty", rounds=2, deployment={"min_responses": 2})
+        ended = run_deployed(consortium, experiment, workspace / "faulty-deployed")
+        assert ended["state"] == "finished", ended
+    finally:
+        consortium.kill("hospital_c")
+        consortium.start_site("hospital_c")
+    metrics = RunDirectory(workspace / "faulty-deployed").read_metrics()
+    rejected = [(m["round"], m["site"]) for m in metrics if "rejected" in m]
+    assert rejected == [(0, "hospital_c"), (1, "hospital_c")]
+    assert all("median" in m["rejected"] for m in metrics if "rejected" in m)
+    received = (workspace / "faulty-deployed" / "received.jsonl").read_text()
+    assert received.count('"verdict": "rejected: update norm') == 2
+    simulated = load_experiment(experiment)
+    run_simulation(replace(simulated, faults={"hospital_c": "scale:100"}), workspace / "faulty-simulated")
+    assert_same_run(workspace / "faulty-deployed", workspace / "faulty-simulated")
+    consortium.wait_online(set(consortium.sites))
 
 
 @pytest.mark.slow

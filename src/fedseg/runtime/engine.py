@@ -86,6 +86,7 @@ class RoundEngine:
         self.sites, self.policy, self.guard = sorted(sites), policy, guard
         self.validate_global, self.observer, self.classes = validate_global, observer, classes
         self.declared: dict[str, dict[str, int]] = {}
+        self.join_failures: dict[str, str] = {}
         self.on_round: Callable[[int, list[dict]], None] | None = None
         """Called after each checkpointed round (deployment publishes progress with it)."""
 
@@ -135,7 +136,8 @@ class RoundEngine:
             problem = problem or (f"{len(intake.accepted)} of {len(chosen)} site(s) sent a usable update, "
                                   f"{self.policy.needed(len(chosen))} needed")
             if not self.dispatcher.retries_help or attempt == self.policy.round_retries:
-                raise RunStopped(f"round {round + 1}: {problem}" + _reasons(intake.rejected) +
+                reasons = {site: self.join_failures.get(site, reason) for site, reason in intake.rejected.items()}
+                raise RunStopped(f"round {round + 1}: {problem}" + _reasons(reasons) +
                                  ("; check that the sites are running ('fedseg status'), then submit again with "
                                   "--resume" if self.dispatcher.retries_help else ""))
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
@@ -164,6 +166,7 @@ class RoundEngine:
                     raise UpdateRejected(reply.reason)
                 self.declared[site] = check_declaration(reply)
             except UpdateRejected as exc:
+                self.join_failures[site] = f"could not join: {exc}"
                 self._audit("join", site, None, reply, meta, str(exc))
                 return str(exc)
             self._audit("join", site, None, reply, meta, None)

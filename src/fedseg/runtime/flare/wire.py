@@ -36,10 +36,11 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
     if task == "train":
         return FLModel(params_type=ParamsType.FULL, params=dict(reply.weights),
                        metrics={k: float(v) for k, v in reply.metrics.items()}, meta={"n_samples": reply.n_samples})
+    # FLARE refuses an FLModel with neither params nor metrics: join and an empty validation carry a count
     if task == "join":
-        return FLModel(meta={"declared": dict(reply)})
+        return FLModel(metrics={"cases": float(sum(reply.values()))}, meta={"declared": dict(reply)})
     if task == "validate":
-        return FLModel(metrics={k: float(v) for k, v in reply.items()})
+        return FLModel(metrics={k: float(v) for k, v in reply.items()} or {"no_val_cases": 1.0})
     return FLModel(metrics={"test_cases": len(reply)}, meta={"cases": [c.as_dict() for c in reply]})
 
 
@@ -54,7 +55,8 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
     if task == "join":
         return _table(meta["declared"])
     if task == "validate":
-        return _table(model.metrics)
+        metrics = _table(model.metrics)
+        return {} if metrics == {"no_val_cases": 1.0} else metrics
     if task == "evaluate":
         return cases_from_wire(meta["cases"])
     raise ValueError(f"unknown task {task!r}")
