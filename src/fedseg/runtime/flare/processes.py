@@ -2,8 +2,9 @@
 
 Each start rewrites the kit's ``local/resources.json`` from FLARE's ``resources.json.default``:
 fedseg's controller joins the coordinator's class allow-list and a site's holds fedseg's executor
-alone (FLARE refuses any other class in a job), the coordinator keeps its job store and run directories inside its kit (not ``/tmp``), and the
-heartbeat and polling intervals come from the project's ``[network]`` table. Sites and the
+alone (FLARE refuses any other class in a job), the coordinator keeps its job store and run
+directories inside its kit (not ``/tmp``), and the heartbeat and polling intervals come from the
+project's ``[network]`` table. Sites and the
 coordinator then run FLARE's server/client module in the foreground, so a process supervisor
 (systemd, a container) sees it die and restarts it.
 
