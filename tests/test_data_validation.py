@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.data.dataset import SiteDataset, SiteSpec
 from fedseg.data.errors import DataError
+from fedseg.data.preprocessing import Preprocessing
 from fedseg.data.site import discover_cases
+from fedseg.data.splits import SplitFractions
 
 
 def messages_for(error: DataError, path: Path) -> list[str]:
@@ -160,7 +163,7 @@ def test_empty_site(make_site, task_3d, build_dataset):
 
 
 @pytest.mark.parametrize("layout", ["two cases, fractions 0.7/0.1/0.2", "manifest without test rows"])
-def test_split_without_cases(layout, make_site, task_3d, build_dataset):
+def test_split_without_cases(layout, make_site, task_3d):
     site = make_site()
     if layout == "two cases, fractions 0.7/0.1/0.2":
         for name in ("a", "b"):
@@ -177,7 +180,7 @@ def test_split_without_cases(layout, make_site, task_3d, build_dataset):
         fractions, empty = (0.7, 0.1, 0.2), "test"
 
     with pytest.raises(DataError) as caught:
-        build_dataset(path, task_3d, fractions=fractions)
+        SiteDataset(SiteSpec("hospital", path), task_3d, Preprocessing(intensity="none"), SplitFractions(*fractions), 0)
 
     message = only_message_for(caught.value, path)
     assert f"the '{empty}' split has no cases" in message
