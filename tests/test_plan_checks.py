@@ -183,3 +183,26 @@ def test_random_updates_are_rejected_or_match_the_template(update):
     else:
         assert matches
         assert all(np.isfinite(v).all() for v in aggregation.result().values())
+
+
+def test_the_default_collected_aggregation_checks_updates_too():
+    """A plan that only writes ``aggregate_train`` gets updates that were checked on arrival."""
+    from fedseg.plans.base import ComputePlan
+
+    class Newest(ComputePlan):
+        total_rounds = 1
+
+        def configure_train(self, round, sites):
+            return {}
+
+        def aggregate_train(self, round, global_weights, updates):
+            return updates[max(updates)].weights
+
+    aggregation = Newest().aggregation(0, start())
+    for kind, weights in hostile_updates().items():
+        with pytest.raises(UpdateRejected):
+            aggregation.add(kind, Update(weights, 1))
+    aggregation.add("a", Update(honest(), 1))
+    with pytest.raises(UpdateRejected, match="second update"):
+        aggregation.add("a", Update(honest(), 1))
+    assert aggregation.result()["a.weight"][0] == 1.0
