@@ -6,18 +6,22 @@ Two ways of doing the same optimisation work are timed against each other:
     ``fedseg.training.trainer.build_site_network``, the experiment's loss, Adam, and for every
     (round, site) the batches of ``SiteDataset.train_loader`` with the seed FedAvg would give
     that site in that round. No fedseg runtime, plan, trainer or run directory.
-(b) runtime: ``SimulationRuntime`` with the FedAvg plan over 3 synthetic sites, ``local_steps``
-    per site and round, ``validate_global`` off and no validation split, writing its run
-    directory (a checkpoint and metrics lines after every round) as a real run does.
+(b) runtime: the round engine over in-process site apps (``simulation_engine`` and ``SiteApp``,
+    as ``fedseg simulate`` runs them) with the FedAvg plan over 3 synthetic sites, ``local_steps``
+    per site and round, ``validate_global`` off and no validation split, the experiment's default
+    update checks and norm guard, writing its run directory (a checkpoint, metrics lines and the
+    audit log after every round) as a real run does.
 
 Both take exactly the same number of optimizer steps on exactly the same batches, so the
 difference is what federation costs in simulation: copying weights between torch and numpy,
-averaging, a fresh optimizer per site and round, and the per-round checkpoint and metrics.
+the site's check of the global model and the engine's checks of every update (names, shapes,
+dtypes, finite values, norms), averaging, a fresh optimizer per site and round, and the
+per-round checkpoint, metrics and audit lines.
 Runs alternate in order (a b, b a, ...) and medians are reported, because the machine may be
 shared; the script prints ratios and never asserts on time. Between runs the noise is a few
 percent (2 shared cores), more than the overhead itself, so inside (b) the time spent in the
-sites' ``train`` calls is measured too: the runtime's own share (plan + run directory) is read
-off each run, free of the noise between runs.
+sites' trainers' ``train`` calls is measured too: the runtime's own share (site app, engine,
+plan, run directory) is read off each run, free of the noise between runs.
 
 On 2 shared CPU cores (2026-11-25, default sizes) the ratio of medians was 0.998, 1.032 and
 1.044 in three invocations (noise, both ways), while the runtime's own time was steadily about
@@ -53,9 +57,10 @@ from monai.data.meta_tensor import MetaTensor
 from fedseg.data.synthetic import write_demo_sites
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.runtime.run_directory import RunDirectory
-from fedseg.runtime.simulation import SimulationRuntime
+from fedseg.runtime.simulation import simulation_engine
+from fedseg.runtime.site_app import SiteApp
 from fedseg.seeding import stable_seed
-from fedseg.simulate import initial_weights, load_sites
+from fedseg.study import initial_weights, load_sites
 from fedseg.training.losses import build_loss
 from fedseg.training.trainer import SiteTrainer, build_site_network
 from fedseg.training.weights import set_weights
@@ -115,8 +120,9 @@ def run_plain(experiment: Experiment, datasets: dict) -> tuple[float, int]:
     return time.perf_counter() - started, steps
 
 
-class TimedSite:
-    """A site that forwards to a SiteTrainer and adds up the seconds spent in ``train``."""
+class TimedTrainer:
+    """A site trainer (``runtime.site_app.Trainer``) that forwards to a SiteTrainer and adds up
+    the seconds spent in ``train``."""
 
     def __init__(self, trainer: SiteTrainer):
         self.trainer = trainer
@@ -133,19 +139,28 @@ class TimedSite:
     def evaluate(self, weights: Weights, split: str = "test"):
         return self.trainer.evaluate(weights, split)
 
+    def case_counts(self) -> dict[str, int]:
+        return self.trainer.case_counts()
+
+    def weights(self) -> Weights:
+        return self.trainer.weights()
+
 
 def run_runtime(experiment: Experiment, datasets: dict, run_root: Path) -> tuple[float, int, float]:
-    """(b) SimulationRuntime + FedAvg; returns (seconds, steps, seconds inside the sites' train)."""
+    """(b) The round engine over site apps + FedAvg; returns (seconds, steps, seconds inside the
+    sites' trainers' train)."""
     started = time.perf_counter()
-    sites = {name: TimedSite(SiteTrainer(data, experiment.model, experiment.training))
-             for name, data in datasets.items()}
+    trainers = {name: TimedTrainer(SiteTrainer(data, experiment.model, experiment.training))
+                for name, data in datasets.items()}
+    apps = {name: SiteApp(name, trainer) for name, trainer in trainers.items()}
     run_dir = RunDirectory(run_root)
     run_dir.create()
-    runtime = SimulationRuntime(experiment.compute_plan(), sites, run_dir, None,
-                                experiment.federation.validate_global)
-    runtime.run(initial_weights(experiment), experiment.federation.rounds)
+    plan = experiment.compute_plan()
+    engine = simulation_engine(plan, apps, run_dir, validate_global=experiment.federation.validate_global,
+                               policy=experiment.deployment, guard=experiment.guard)
+    engine.run(initial_weights(experiment), plan.total_rounds)
     seconds = time.perf_counter() - started
-    return seconds, sum(s.steps for s in sites.values()), sum(s.seconds for s in sites.values())
+    return seconds, sum(t.steps for t in trainers.values()), sum(t.seconds for t in trainers.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median fedseg runtime: {runtime_s:.3f} s  (min {min(runtime):.3f}, max {max(runtime):.3f})")
     print(f"ratio runtime/plain (medians): {ratio:.4f}  -> overhead {100 * (ratio - 1):+.2f} %")
     print(f"median of per-repeat ratios: {statistics.median(r / p for r, p in zip(runtime, plain)):.4f}")
-    print(f"runtime's own time outside site training (plan, run directory), median: {own_s:.3f} s "
+    print(f"runtime's own time outside site training (site app, engine, plan, run directory), median: {own_s:.3f} s "
           f"= {100 * own_s / plain_s:.2f} % of the plain loop; "
           f"{1000 * own_s / settings['rounds']:.1f} ms per round")
     return 0
