@@ -33,7 +33,8 @@ def hostile_updates() -> dict[str, dict]:
     good = honest()
     return {
         # finding 1: a first tensor of 1e6 and a last tensor of the wrong shape
-        "huge first, bad shape last": {**good, "a.weight": np.full(3, 1e6, np.float32), "z.weight": np.zeros(3, np.float32)},
+        "huge first, bad shape last": {**good, "a.weight": np.full(3, 1e6, np.float32),
+                                       "z.weight": np.zeros(3, np.float32)},
         "nan": {**good, "z.weight": np.array([[0, np.nan], [0, 0]], np.float32)},
         "inf": {**good, "a.weight": np.array([np.inf, 0, 0], np.float32)},
         "missing key": {k: v for k, v in good.items() if k != "z.weight"},

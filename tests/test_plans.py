@@ -26,7 +26,8 @@ def fake_updates(configs: dict, global_weights: dict) -> dict:
     updates = {}
     for site, config in configs.items():
         rng = np.random.default_rng(config.seed)
-        moved = {k: np.asarray(v + rng.normal(scale=0.1, size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 5)
+        moved = {k: np.asarray(v + rng.normal(scale=0.1, size=v.shape).astype(v.dtype) if v.dtype.kind == "f"
+                               else v + 5)
                  for k, v in global_weights.items()}
         updates[site] = Update(moved, n_samples=int(rng.integers(1, 20)), metrics={"val_dice": float(rng.uniform())})
     return updates
