@@ -2,7 +2,8 @@
 
 Each run's models are renamed ``<run>/<model>`` and pooled; the paired tests then need the runs
 to share test cases (same data, seed and splits), which is checked: a comparison of runs whose
-test cases differ would pair nothing, so it is an error rather than an empty table.
+test cases differ would pair nothing, so it is an error rather than an empty table. Names in the
+runs' CSVs come from other parties: the Markdown escapes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from fedseg.errors import UserError
 from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_markdown, read_cross_site_csv
 from fedseg.evaluation.statistics import comparisons_markdown, paired_comparisons
+from fedseg.evaluation.text import markdown_text, printable
 
 
 def pooled_records(run_dirs: list[Path]) -> list[dict]:
@@ -39,8 +41,9 @@ def comparison_report(run_dirs: list[Path], reference: str | None = None, seed: 
     models = list(dict.fromkeys(r["model"] for r in records))
     reference = reference or models[0]
     if reference not in models:
-        raise UserError(f"--reference {reference!r} is not one of the models: {', '.join(models)}")
+        raise UserError(f"--reference {printable(reference)!r} is not one of the models: "
+                        f"{', '.join(map(printable, models))}")
     return "\n".join([
         "## Cross-site test Dice", "", cross_site_markdown(cross_site_matrix(records)), "",
-        f"## Paired comparisons against {reference}", "",
+        f"## Paired comparisons against {markdown_text(reference)}", "",
         comparisons_markdown(paired_comparisons(records, reference=reference, seed=seed)), ""])

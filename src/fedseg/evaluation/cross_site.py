@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.evaluation.tables import markdown_table
+from fedseg.errors import UserError
+from fedseg.evaluation.tables import markdown_table, mean_sd
+from fedseg.evaluation.text import Markdown, load_name, markdown_text, printable, store_name
 from fedseg.files import write_text_atomic
 from fedseg.types import CaseMetrics
 
@@ -28,6 +30,8 @@ FAILED = "failed"
 MEAN = "mean"
 OVERALL = "overall"
 FIELDS = ("model", "site", "case", "class", "metric", "value")
+NAMES = ("model", "site", "case", "class")
+"""Fields that hold names from other parties (stored with ``text.store_name``)."""
 LOWER_IS_BETTER = {"hd95", FAILED}
 
 
@@ -53,18 +57,39 @@ def _mean_ignoring_nan(values: Iterable[float]) -> float:
 
 
 def write_cross_site_csv(records: list[dict], path: Path) -> Path:
-    """Write the rows as CSV (atomically); values use ``repr`` so inf, nan and every digit survive."""
+    """Write the rows as CSV (atomically); values use ``repr`` so inf, nan and every digit survive.
+
+    Names are written with ``text.store_name`` (valid UTF-8 whatever bytes a file name had, no
+    spreadsheet formula) and read back with ``text.load_name``, so a name round-trips exactly."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**record, "value": repr(float(record["value"]))} for record in records)
+    writer.writerows({**{key: store_name(str(record[key])) for key in NAMES}, "metric": record["metric"],
+                      "value": repr(float(record["value"]))} for record in records)
     write_text_atomic(Path(path), buffer.getvalue())
     return Path(path)
 
 
 def read_cross_site_csv(path: Path) -> list[dict]:
-    with Path(path).open(newline="") as handle:
-        return [{**row, "value": float(row["value"])} for row in csv.DictReader(handle)]
+    """The rows of a cross_site.csv; UserError naming the file and line if it is not one."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not set(FIELDS) <= set(reader.fieldnames):
+                raise UserError(f"{path}: not a fedseg cross_site.csv (header {reader.fieldnames}, expected "
+                                f"{','.join(FIELDS)}); rewrite it with the fedseg that made the run")
+            return [_row(row, path, reader.line_num) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: not a fedseg cross_site.csv ({exc})") from None
+
+
+def _row(row: dict, path: Path, line: int) -> dict:
+    try:
+        if any(row[key] is None for key in FIELDS):
+            raise ValueError("too few columns")
+        return {**{key: load_name(row[key]) for key in NAMES}, "metric": row["metric"], "value": float(row["value"])}
+    except ValueError as exc:
+        raise UserError(f"{path} line {line}: {printable(exc)}; is it a fedseg cross_site.csv?") from None
 
 
 def values_by_case(records: list[dict], metric: str, cls: str) -> dict[str, dict[tuple[str, str], float]]:
@@ -75,7 +100,8 @@ def values_by_case(records: list[dict], metric: str, cls: str) -> dict[str, dict
             by_case = values.setdefault(record["model"], {})
             key = (record["site"], record["case"])
             if key in by_case:
-                raise ValueError(f"{record['model']} has two {metric}/{cls} values for {key[0]}/{key[1]}")
+                raise ValueError(f"{printable(record['model'])} has two {metric}/{cls} values for "
+                                 f"{printable(key[0])}/{printable(key[1])}")
             by_case[key] = record["value"]
     return values
 
@@ -114,11 +140,10 @@ def cross_site_markdown(matrix: dict, digits: int = 3) -> str:
     return markdown_table(["model", *matrix["columns"]], rows)
 
 
-def _cell(cell: dict, best: float | None, digits: int) -> str:
-    if cell["mean"] is None:
-        return "n/a"
-    text = f"{cell['mean']:.{digits}f}" + ("" if cell["sd"] is None else f" ± {cell['sd']:.{digits}f}")
-    return f"**{text}**" if cell["mean"] == best else text
+def _cell(cell: dict, best: float | None, digits: int) -> Markdown:
+    text = mean_sd(cell["mean"], cell["sd"], digits)
+    return Markdown(f"**{text}**" if cell["mean"] is not None and cell["mean"] == best else text)
+
 
 
 def failures(records: list[dict]) -> list[dict]:
@@ -141,8 +166,11 @@ def failures(records: list[dict]) -> list[dict]:
             for model, keys in evaluated.items()]
 
 
-def describe_failures(failure: dict) -> str:
-    """One sentence for the report, e.g. "FL_global failed on 2 of 40 cases: A/c1 (tumour), ..."."""
-    head = f"{failure['model']} failed on {failure['n_failed']} of {failure['n_cases']} cases"
-    listed = ", ".join(f"{c['site']}/{c['case']} ({', '.join(c['classes'])})" for c in failure["cases"])
-    return f"{head}: {listed}" if listed else f"{head}."
+def describe_failures(failure: dict) -> Markdown:
+    """One sentence of Markdown for the report, names escaped.
+
+    E.g. ``FL\\_global failed on 2 of 40 cases: A/c1 (tumour), B/c7 (tumour, cyst)``."""
+    head = f"{markdown_text(failure['model'])} failed on {failure['n_failed']} of {failure['n_cases']} cases"
+    listed = ", ".join(f"{markdown_text(c['site'])}/{markdown_text(c['case'])} "
+                       f"({', '.join(map(markdown_text, c['classes']))})" for c in failure["cases"])
+    return Markdown(f"{head}: {listed}" if listed else f"{head}.")

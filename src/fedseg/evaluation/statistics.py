@@ -20,6 +20,7 @@ from scipy import stats
 
 from fedseg.evaluation.cross_site import MEAN, OVERALL, values_by_case
 from fedseg.evaluation.tables import markdown_table
+from fedseg.evaluation.text import Markdown
 
 CaseValues = dict[tuple[str, str], float]
 
@@ -105,20 +106,22 @@ def bootstrap_ci(differences: np.ndarray, n_resamples: int = 10_000, seed: int =
 def comparisons_markdown(rows: list[dict], digits: int = 3) -> str:
     """One line per model and site: pairs, mean difference with its CI, and both p-values."""
     confidence = rows[0]["confidence"] if rows else 0.95
-    header = ["reference − model", "site", "pairs", f"mean difference [{confidence:.0%} CI]", "paired t-test p",
-              "Wilcoxon p"]
+    header = ["reference − model", "site", "pairs", Markdown(f"mean difference [{confidence:.0%} CI]"),
+              "paired t-test p", "Wilcoxon p"]
     lines = [[f"{r['reference']} − {r['model']}", r["site"], str(r["n_pairs"]), _difference(r, digits),
               _p_value(r["t_p"], r["t_reason"]), _p_value(r["wilcoxon_p"], r["wilcoxon_reason"])] for r in rows]
     return markdown_table(header, lines)
 
 
-def _difference(row: dict, digits: int) -> str:
+def _difference(row: dict, digits: int) -> Markdown:
     if row["mean_difference"] is None:
-        return "n/a"
-    return f"{row['mean_difference']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+        return Markdown("n/a")
+    if row["ci_low"] is None:
+        return Markdown(f"{row['mean_difference']:+.{digits}f}")
+    return Markdown(f"{row['mean_difference']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
 
 
 def _p_value(p: float | None, reason: str | None) -> str:
     if p is None:
         return f"n/a ({reason})"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return Markdown("<0.001") if p < 0.001 else f"{p:.3f}"
