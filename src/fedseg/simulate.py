@@ -54,4 +54,4 @@ def _draw_examples(run_dir: RunDirectory, model: str, weights: Model, apps: dict
         examples = [(which, case["case"], case["mean_dice"], *app.trainer.predict_case(weights, case["case"]))
                     for which, case in pick_examples(results["sites"][site]["cases"])]
         if examples:
-            overlay_figure(site, model, examples, run_dir.figures / f"examples_{site}.png")
+            overlay_figure(site, model, examples, run_dir.figures)

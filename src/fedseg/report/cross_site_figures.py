@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedseg.evaluation.cross_site import MEAN, OVERALL, values_by_case
+from fedseg.evaluation.text import figure_text
 from fedseg.report.figures import palette, save
 
 
@@ -22,11 +23,11 @@ def dice_heatmap(matrix: dict, path: Path) -> Path:
         text = "n/a" if np.isnan(value) else f"{value:.3f}"
         axis.text(column, row, text, ha="center", va="center", fontsize=9,
                   color="white" if value < 0.6 else "black")  # nan compares False: black on grey
-    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    axis.set_yticks(range(len(models)), models)
+    axis.set_xticks(range(len(columns)), [figure_text(c) for c in columns], rotation=30, ha="right")
+    axis.set_yticks(range(len(models)), [figure_text(m) for m in models])
     axis.axvline(len(columns) - 1.5, color="white", linewidth=3)  # overall is not one more site
     axis.set_xlabel("test cases of")
-    axis.set_title(f"mean test Dice ({matrix['class']} over classes) per model and site", fontsize=10)
+    axis.set_title(f"mean test Dice ({figure_text(matrix['class'])} over classes) per model and site", fontsize=10)
     figure.colorbar(image, ax=axis, label="mean Dice", fraction=0.05, pad=0.03)
     return save(figure, path)
 
@@ -52,13 +53,13 @@ def dice_boxplot(records: list[dict], path: Path, per_row: int = 4) -> Path:
                              whiskerprops={"color": colours[model]}, capprops={"color": colours[model]})
                 axis.scatter(cases, row + rng.uniform(-0.18, 0.18, len(cases)), s=8, color=colours[model],
                              zorder=3, linewidths=0)
-        axis.set_title(column, fontsize=10, fontweight="bold" if column == OVERALL else "normal")
+        axis.set_title(figure_text(column), fontsize=10, fontweight="bold" if column == OVERALL else "normal")
         axis.set_xlim(-0.02, 1.02)
         axis.set_xlabel("per-case mean Dice", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
     for axis in axes.flat[len(columns):]:
         axis.set_visible(False)
-    axes[0][0].set_yticks(range(len(models)), models)
+    axes[0][0].set_yticks(range(len(models)), [figure_text(m) for m in models])
     axes[0][0].invert_yaxis()  # the first model on top, as in the tables
     figure.tight_layout()
     return save(figure, path)

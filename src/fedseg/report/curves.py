@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from fedseg.evaluation.text import figure_text
 from fedseg.report.figures import palette, save
 
 
@@ -45,8 +47,8 @@ def learning_curves(runs: dict[str, list[dict]], path: Path) -> Path | None:
                     _line(dice_axis, site_records, "val_dice", colour, "-")
                 elif across_sites:
                     dashed |= _line(dice_axis, site_records, "val_dice", colour, "--")
-        loss_axis.set_title(f"{label}: local training loss", loc="left", fontsize=10, fontweight="bold")
-        dice_axis.set_title(f"{label}: validation Dice", loc="left", fontsize=10, fontweight="bold")
+        loss_axis.set_title(f"{figure_text(label)}: local training loss", loc="left", fontsize=10, fontweight="bold")
+        dice_axis.set_title(f"{figure_text(label)}: validation Dice", loc="left", fontsize=10, fontweight="bold")
         loss_axis.set_ylabel("loss")
         dice_axis.set_ylabel("Dice")
         dice_axis.set_ylim(0, 1)
@@ -69,15 +71,21 @@ def _by_site(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def _line(axis, records: list[dict], key: str, colour, style: str) -> bool:
-    points = sorted((r["round"] + 1, r[key]) for r in records if r.get(key) is not None)
+    points = sorted((r["round"] + 1, r[key]) for r in records if _number(r.get("round")) and _number(r.get(key)))
     if points:
         rounds, values = zip(*points)
         axis.plot(rounds, values, style, color=colour, marker="o", markersize=3, linewidth=1.4)
     return bool(points)
 
 
+def _number(value) -> bool:
+    """A finite int or float (metrics.jsonl may hold anything a site sent)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _legend(colours: dict[str, tuple], dashed: bool) -> list[Line2D]:
-    handles = [Line2D([], [], color=colour, marker="o", markersize=3, label=site) for site, colour in colours.items()]
+    handles = [Line2D([], [], color=colour, marker="o", markersize=3, label=figure_text(site))
+               for site, colour in colours.items()]
     if dashed:
         handles += [Line2D([], [], color="grey", label="arm's model after the round"),
                     Line2D([], [], color="grey", linestyle="--", label="site's model after its local training")]

@@ -10,8 +10,10 @@ from pathlib import Path
 import markdown
 
 from fedseg.files import write_text_atomic
+from fedseg.report.figures import inside
 
-IMAGE_SOURCE = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]+)(")')
+IMAGE = re.compile(r"<img\b[^>]*>")
+SOURCE = re.compile(r'\bsrc="([^"]*)"')
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; line-height: 1.5; color: #222;
@@ -27,12 +29,13 @@ img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
 """
 
 
-def write_html(markdown_path: Path) -> Path:
-    """``report.html`` beside ``markdown_path``; images it links to (relative paths) become data URIs."""
-    text = markdown_path.read_text()
-    body = markdown.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
-    body = IMAGE_SOURCE.sub(lambda m: m[1] + _data_uri(markdown_path.parent / html.unescape(m[2])) + m[3], body)
-    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), markdown_path.stem)
+def write_html(markdown_path: Path, title: str, figures: list[Path]) -> Path:
+    """``report.html`` beside ``markdown_path``, with ``title`` (plain text) and the ``figures`` the report
+    wrote embedded as data URIs. Nothing else is read: an image the Markdown names that is not one of
+    ``figures``, or one that resolves outside the run's ``figures/`` folder, is left out."""
+    root = markdown_path.parent
+    embeddable = {path.relative_to(root).as_posix(): path for path in figures if inside(path, root / "figures")}
+    body = IMAGE.sub(lambda m: _embed(m[0], embeddable), render(markdown_path.read_text()))
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
     path = markdown_path.with_suffix(".html")
@@ -40,6 +43,15 @@ def write_html(markdown_path: Path) -> Path:
     return path
 
 
-def _data_uri(path: Path) -> str:
-    kind = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg+xml"}.get(path.suffix.lower(), "png")
-    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def render(text: str) -> str:
+    """The HTML of the report's Markdown (GitHub-style tables, fenced code)."""
+    return markdown.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
+
+
+def _embed(tag: str, embeddable: dict[str, Path]) -> str:
+    source = SOURCE.search(tag)
+    path = embeddable.get(html.unescape(source[1])) if source else None
+    if path is None:
+        return ""
+    uri = "data:image/png;base64," + base64.b64encode(path.resolve().read_bytes()).decode("ascii")
+    return tag[:source.start(1)] + uri + tag[source.end(1):]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.report.figures import plt, save
+from fedseg.evaluation.text import figure_text
+from fedseg.report.figures import figure_path, plt, save
 
 Example = tuple[str, str, float, np.ndarray, np.ndarray, np.ndarray]
 """(which: best/median/worst, case name, mean Dice, image, truth, prediction) as arrays."""
@@ -26,21 +27,24 @@ def pick_examples(cases: list[dict]) -> list[tuple[str, dict]]:
     return unique
 
 
-def overlay_figure(site: str, model: str, examples: list[Example], path: Path) -> Path:
-    """One row per example: the image, the truth on it, the prediction on it (3D: the slice with most truth)."""
+def overlay_figure(site: str, model: str, examples: list[Example], figures: Path) -> Path:
+    """``figures/examples_<site slug>.png`` (``figure_path``, where the report looks for it): one row per
+    example, the image, the truth on it, the prediction on it (3D: the slice with most truth)."""
     figure, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
     for row, (which, case, dice, image, truth, prediction) in zip(axes, examples):
         image, truth, prediction = (_view(a, truth) for a in (image, truth, prediction))
-        for axis, (title, mask) in zip(row, (("image", None), ("truth", truth), (model, prediction))):
+        for axis, (title, mask) in zip(row, (("image", None), ("truth", truth), (figure_text(model), prediction))):
             axis.imshow(image, cmap="gray")
             if mask is not None:
                 shown = np.ma.masked_where(mask == 0, mask)
                 axis.imshow(shown, cmap="autumn", alpha=0.5, vmin=1, vmax=max(1, int(truth.max())))
-            axis.set_title(f"{title}" if mask is not None else f"{which}: {case} (Dice {dice:.3f})", fontsize=9)
+            axis.set_title(title if mask is not None else f"{which}: {figure_text(case)} (Dice {dice:.3f})",
+                           fontsize=9)
             axis.axis("off")
-    figure.suptitle(f"{site}: {model} on the best, median and worst test case", fontsize=10)
+    figure.suptitle(f"{figure_text(site)}: {figure_text(model)} on the best, median and worst test case",
+                    fontsize=10)
     figure.tight_layout()
-    return save(figure, path)
+    return save(figure, figure_path(figures, "examples", site))
 
 
 def _view(array: np.ndarray, truth: np.ndarray) -> np.ndarray:

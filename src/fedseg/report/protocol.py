@@ -1,6 +1,10 @@
-"""The top of the report: what was trained and compared, under which budget, and how long it took."""
+"""The top of the report: what was trained and compared, under which budget, and how long it took.
+
+Values come from the experiment as run and results.json: each is escaped (``markdown_text``)."""
 
 from __future__ import annotations
+
+from fedseg.evaluation.text import markdown_text as _md
 
 
 def protocol(experiment: dict, results: dict) -> str:
@@ -8,10 +12,11 @@ def protocol(experiment: dict, results: dict) -> str:
     training, federation = experiment.get("training", {}), experiment.get("federation", {})
     arms = [_arm(arm, federation, len(experiment.get("sites", []))) for arm in experiment.get("arms", ["federated"])]
     steps = training.get("local_steps")
-    budget = f"{steps} local optimisation steps" if steps else _count(training.get("local_epochs", 1), "local epoch")
-    settings = (f"model {experiment.get('model', {}).get('name', '?')}, loss {training.get('loss', '?')}, "
-                f"optimizer {training.get('optimizer', '?')} (lr {training.get('lr', '?')}), "
-                f"batch size {training.get('batch_size', '?')}, seed {experiment.get('seed', '?')}")
+    budget = f"{_md(steps)} local optimisation steps" if steps else _count(training.get("local_epochs", 1),
+                                                                           "local epoch")
+    settings = (f"model {_md(experiment.get('model', {}).get('name', '?'))}, loss {_md(training.get('loss', '?'))}, "
+                f"optimizer {_md(training.get('optimizer', '?'))} (lr {_md(training.get('lr', '?'))}), "
+                f"batch size {_md(training.get('batch_size', '?'))}, seed {_md(experiment.get('seed', '?'))}")
     rounds = _count(federation.get("rounds", results.get("rounds", "?")), "round")
     n_models = len(results.get("models", [results["model"]]))
     if len(arms) == 1:
@@ -25,7 +30,7 @@ def protocol(experiment: dict, results: dict) -> str:
 
 def _arm(arm: str, federation: dict, n_sites: int) -> str:
     if arm == "federated":
-        text = f"**federated** ({federation.get('plan', 'fedavg')} over the {n_sites} sites → `FL_global`"
+        text = f"**federated** ({_md(federation.get('plan', 'fedavg'))} over the {n_sites} sites → `FL_global`"
         epochs = federation.get("fine_tune_epochs", 0)
         if epochs:
             text += (f", which each site then fine-tuned for {_count(epochs, 'epoch')} on its own data "
@@ -35,7 +40,7 @@ def _arm(arm: str, federation: dict, n_sites: int) -> str:
         return "**standalone** (one model per site, trained on that site's data only → `standalone_<site>`)"
     if arm == "centralized":
         return "**centralized** (one model trained on all sites' training data pooled → `centralized`)"
-    return f"**{arm}**"
+    return f"**{_md(arm)}**"
 
 
 def timing(results: dict) -> str:
@@ -44,4 +49,4 @@ def timing(results: dict) -> str:
 
 
 def _count(n, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{_md(n)} {noun}" if n == 1 else f"{_md(n)} {noun}s"

@@ -1,10 +1,13 @@
-"""The report's result sections as Markdown lines, from ``results.json`` and ``cross_site.csv`` rows."""
+"""The report's result sections as Markdown lines, from ``results.json`` and ``cross_site.csv`` rows.
+
+Names in them come from other parties: tables escape their cells, prose uses ``markdown_text``."""
 
 from __future__ import annotations
 
 from fedseg.evaluation.cross_site import MEAN, OVERALL, cross_site_markdown, cross_site_matrix, describe_failures
 from fedseg.evaluation.statistics import comparisons_markdown
-from fedseg.evaluation.tables import markdown_table
+from fedseg.evaluation.tables import markdown_table, mean_sd, number
+from fedseg.evaluation.text import Markdown, markdown_text
 
 MATRICES = (("dice", "Dice", "higher is better"),
             ("hd95", "HD95 (mm)", "95th-percentile Hausdorff distance, lower is better; inf when a class is "
@@ -37,8 +40,8 @@ def _results_table(results: dict) -> list[str]:
 
 def _dice_table(mean: dict[str, dict], per_class: dict[str, dict[str, float | None]]) -> list[str]:
     header = ["site", "test cases", "mean Dice", *[f"Dice {c}" for c in per_class]]
-    rows = [[f"**{site}**" if site == OVERALL else site, str(cell["n"]), _mean_sd(cell["mean"], cell["sd"]),
-             *[_number(means.get(site)) for means in per_class.values()]] for site, cell in mean.items()]
+    rows = [[Markdown(f"**{site}**") if site == OVERALL else site, str(cell["n"]), mean_sd(cell["mean"], cell["sd"]),
+             *[number(means.get(site)) for means in per_class.values()]] for site, cell in mean.items()]
     return [markdown_table(header, rows)]
 
 
@@ -62,14 +65,14 @@ def single_model_table(records: list[dict]) -> list[str]:
     rows = []
     for name, _, matrix in matrices:
         (cells,) = matrix["rows"].values()
-        rows.append([name, *(_mean_sd(cells[c]["mean"], cells[c]["sd"]) for c in columns)])
+        rows.append([name, *(mean_sd(cells[c]["mean"], cells[c]["sd"]) for c in columns)])
     notes = " ".join(f"{name}: {note}." for name, note, _ in matrices)
     return [markdown_table(["metric", *columns], rows), "", f"Mean ± sd over test cases. {notes}", ""]
 
 
 def statistics(comparisons: list[dict]) -> list[str]:
     """What is tested, then a row per compared model and site."""
-    reference, confidence = comparisons[0]["reference"], comparisons[0]["confidence"]
+    reference, confidence = markdown_text(comparisons[0]["reference"]), comparisons[0]["confidence"]
     return [
         f"Is **{reference}** better than each other model? Each comparison pairs the two models' per-case mean "
         "Dice on the same test cases (per site, and over all sites' cases): a paired t-test, a Wilcoxon "
@@ -86,19 +89,10 @@ def statistics(comparisons: list[dict]) -> list[str]:
 def failure_lines(failures: list[dict]) -> list[str]:
     """A sentence per model that missed a class on some case, and one line for those that never did."""
     failed = [f for f in failures if f["n_failed"]]
-    clean = [f["model"] for f in failures if not f["n_failed"]]
+    clean = [markdown_text(f["model"]) for f in failures if not f["n_failed"]]
     lines = ["A failure is a test case where the model predicts nothing of a class present in the truth.", ""]
     lines += [f"- {describe_failures(failure)}" for failure in failed]
     if clean:
         lines.append(f"- {'No failures' if not failed else 'No failures either'}: {', '.join(clean)}.")
     return [*lines, ""]
 
-
-def _mean_sd(mean, sd) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
-
-
-def _number(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
