@@ -54,7 +54,7 @@ def results_table(results: dict) -> Table:
     rows = dict(results["sites"], overall=results["overall"])
     for site, summary in rows.items():
         mean, sd = summary["mean_dice"], summary["sd_dice"]
-        table.add_row(site, str(summary["n_cases"]), "n/a" if mean is None else f"{mean:.3f} ± {sd:.3f}",
+        table.add_row(site, str(summary["n_cases"]), _mean_sd({"mean": mean, "sd": sd}),
                       *[_fmt(summary["dice_per_class"].get(c)) for c in classes],
                       style="bold" if site == "overall" else None)
     return table
