@@ -92,6 +92,27 @@ class Consortium:
             time.sleep(1)
         raise TimeoutError(f"sites {sites} not online after {timeout} s; logs in {self.logs}")
 
+    def wait_offline(self, site: str, timeout: float = 90) -> None:
+        """Until the coordinator has dropped ``site`` (a killed site stays listed until its heartbeat
+        times out; a new process of the same site cannot register before that)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            session = self.session()
+            try:
+                if site not in admin.consortium(session)["sites"]:
+                    return
+            finally:
+                session.close()
+            time.sleep(1)
+        raise TimeoutError(f"{site} still listed after {timeout} s; logs in {self.logs}")
+
+    def restart_site(self, site: str, **options) -> None:
+        """Kill ``site``, wait until the coordinator has dropped it, start it again with ``options``."""
+        self.kill(site)
+        self.wait_offline(site)
+        self.start_site(site, **options)
+        self.wait_online(set(self.sites))
+
     def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
         """Kill a participant and every process it started (its job processes too)."""
         process = self.processes.pop(key)

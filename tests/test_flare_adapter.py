@@ -99,7 +99,7 @@ def test_local_settings_allow_fedseg_and_tune_the_network(kits):
     processes.configure_site(site, COMPONENTS.executor)
     server_settings = json.loads((server.root / "local" / "resources.json").read_text())
     site_settings = json.loads((site.root / "local" / "resources.json").read_text())
-    assert COMPONENTS.controller in server_settings["class_allow_list"]
+    assert server_settings["class_allow_list"] == [COMPONENTS.controller]
     assert site_settings["class_allow_list"] == [COMPONENTS.executor]
     assert server_settings["servers"][0]["heart_beat_timeout"] == 7.0
     assert server_settings["servers"][0]["task_request_interval"] == 0.1

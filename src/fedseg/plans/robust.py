@@ -86,6 +86,18 @@ def distance(weights: Weights, reference: Weights) -> float:
     return math.sqrt(total)
 
 
+def shrink(weights: Weights, reference: Weights, scale: float) -> Weights:
+    """``weights`` moved toward ``reference`` to ``scale`` of their distance (float parameters only),
+    in each parameter's dtype: how an update is clipped to a norm bound."""
+    out = {}
+    for key, value in weights.items():
+        if np.issubdtype(value.dtype, np.floating):
+            start = np.asarray(reference[key], np.float64)
+            value = (start + scale * (np.asarray(value, np.float64) - start)).astype(value.dtype)
+        out[key] = value
+    return out
+
+
 class Collected(Combiner):
     """Keeps every checked update of the round until ``combine``."""
 

@@ -115,15 +115,13 @@ class RoundEngine:
             intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
 
-            def on_update(site: str, reply: Any, meta: dict, intake=intake) -> str | None:
-                verdict = reply.reason if isinstance(reply, Failed) else intake.receive(site, reply)
-                if isinstance(reply, Failed):
-                    intake.rejected[site] = reply.reason
-                self._audit("train", site, round, reply, meta, verdict)
-                if verdict is None and self.observer:
-                    self.observer.site_trained(round, site, reply)
-                return verdict
+            def take(site: str, update: Any, intake=intake) -> None:
+                if (reason := intake.receive(site, update)) is not None:
+                    raise UpdateRejected(reason)
+                if self.observer:
+                    self.observer.site_trained(round, site, update)
 
+            on_update = self._handler("train", take, intake.rejected, round)
             self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
             try:
                 new_weights, guarded = intake.finish()
@@ -160,37 +158,25 @@ class RoundEngine:
         """Ask sites that have not declared their case counts yet to do so."""
         missing = {site: None for site in sorted(sites - set(self.declared)) if site in self.dispatcher.available()}
 
-        def on_join(site: str, reply: Any, meta: dict) -> str | None:
-            try:
-                if isinstance(reply, Failed):
-                    raise UpdateRejected(reply.reason)
-                self.declared[site] = check_declaration(reply)
-            except UpdateRejected as exc:
-                self.join_failures[site] = f"could not join: {exc}"
-                self._audit("join", site, None, reply, meta, str(exc))
-                return str(exc)
-            self._audit("join", site, None, reply, meta, None)
-            return None
+        def declare(site: str, reply: Any) -> None:
+            self.declared[site] = check_declaration(reply)
+            self.join_failures.pop(site, None)
 
         if missing:
-            self.dispatcher.dispatch("join", None, missing, on_join, self.policy.round_timeout)
+            failures: dict[str, str] = {}
+            self.dispatcher.dispatch("join", None, missing, self._handler("join", declare, failures),
+                                     self.policy.round_timeout)
+            self.join_failures.update({site: f"could not join: {reason}" for site, reason in failures.items()})
 
     def _validate(self, weights: Weights, records: list[dict[str, Any]]) -> None:
         """The new global model on the validation cases of each site that trained this round."""
         by_site = {record["site"]: record for record in records if "rejected" not in record}
 
-        def on_result(site: str, reply: Any, meta: dict) -> str | None:
-            try:
-                if isinstance(reply, Failed):
-                    raise UpdateRejected(reply.reason)
-                by_site[site].update(check_metrics(reply, VALIDATE_METRICS))
-            except UpdateRejected as exc:
-                self._audit("validate", site, None, reply, meta, str(exc))
-                return str(exc)
-            self._audit("validate", site, None, reply, meta, None)
-            return None
+        def score(site: str, reply: Any) -> None:
+            by_site[site].update(check_metrics(reply, VALIDATE_METRICS))
 
-        self.dispatcher.dispatch("validate", weights, dict.fromkeys(by_site), on_result, self.policy.round_timeout)
+        self.dispatcher.dispatch("validate", weights, dict.fromkeys(by_site), self._handler("validate", score, {}),
+                                 self.policy.round_timeout)
 
     def evaluate(self, weights: Any, sites: list[str] | None = None) -> tuple[dict[str, list[CaseMetrics]], dict]:
         """Every available site's per-case test scores of ``weights``, and the reasons of sites
@@ -200,20 +186,30 @@ class RoundEngine:
         scores: dict[str, list[CaseMetrics]] = {}
         problems: dict[str, str] = {}
 
-        def on_result(site: str, reply: Any, meta: dict) -> str | None:
-            try:
-                if isinstance(reply, Failed):
-                    raise UpdateRejected(reply.reason)
-                scores[site] = check_cases(reply, self.declared.get(site), self.classes)
-            except UpdateRejected as exc:
-                problems[site] = str(exc)
-            self._audit("evaluate", site, None, reply, meta, problems.get(site))
-            return problems.get(site)
+        def keep(site: str, reply: Any) -> None:
+            scores[site] = check_cases(reply, self.declared.get(site), self.classes)
 
-        self.dispatcher.dispatch("evaluate", weights, dict.fromkeys(targets), on_result, self.policy.round_timeout)
+        self.dispatcher.dispatch("evaluate", weights, dict.fromkeys(targets), self._handler("evaluate", keep, problems),
+                                 self.policy.round_timeout)
         for site in sorted(set(self.sites) - set(scores) - set(problems)):
             problems[site] = "offline or did not answer"
         return dict(sorted(scores.items())), problems
+
+    def _handler(self, task: str, use: Callable[[str, Any], None], rejected: dict[str, str],
+                 round: int | None = None) -> ReplyHandler:
+        """A reply handler: ``use(site, reply)`` takes a reply or raises UpdateRejected; a refused
+        or failed reply's reason goes to ``rejected``; every reply is audited with its verdict."""
+        def on_reply(site: str, reply: Any, meta: dict) -> str | None:
+            try:
+                if isinstance(reply, Failed):
+                    raise UpdateRejected(reply.reason)
+                use(site, reply)
+                verdict = None
+            except UpdateRejected as exc:
+                verdict = rejected[site] = str(exc)
+            self._audit(task, site, round, reply, meta, verdict)
+            return verdict
+        return on_reply
 
     # -- records ---------------------------------------------------------------------------------
     def _records(self, round: int, intake: RoundIntake, guarded: dict, missing: list[str]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from fedseg.plans.base import Aggregation
 from fedseg.plans.checks import UpdateRejected, check_weights
+from fedseg.plans.robust import distance, shrink
 from fedseg.types import CaseMetrics, Update, Weights
 
 MAX_CASES = 10_000_000
@@ -121,15 +122,6 @@ def _whole(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def distance(weights: Weights, reference: Weights) -> float:
-    """Euclidean distance between two models over their floating-point parameters."""
-    total = 0.0
-    for key, value in weights.items():
-        if np.issubdtype(value.dtype, np.floating):
-            total += float(np.sum((np.asarray(value, np.float64) - np.asarray(reference[key], np.float64)) ** 2))
-    return math.sqrt(total)
-
-
 class RoundIntake:
     """Takes one round's replies as they arrive: checks each, guards norms, feeds the aggregation.
 
@@ -156,11 +148,15 @@ class RoundIntake:
             self.rejected[site] = str(exc)
             return self.rejected[site]
         self.norms[site] = distance(update.weights, self.global_weights)
-        self.accepted[site] = {"n_samples": int(update.n_samples), **update.metrics}
         if self.guard.norm_action == "off":
-            self.aggregation.add(site, update)
+            try:
+                self.aggregation.add(site, update)  # the plan checks again (e.g. a site it did not schedule)
+            except UpdateRejected as exc:
+                self.rejected[site] = str(exc)
+                return self.rejected[site]
         else:
             self._held[site] = update
+        self.accepted[site] = {"n_samples": int(update.n_samples), **update.metrics}
         return None
 
     def finish(self) -> tuple[Weights, dict[str, Any]]:
@@ -170,22 +166,24 @@ class RoundIntake:
             bound = self.guard.norm_factor * float(np.median(list(self.norms.values())))
             report["norm_bound"] = bound
             for site in sorted(self._held):
-                norm = self.norms[site]
-                if norm <= bound or norm == 0:
-                    self.aggregation.add(site, self._held.pop(site))
-                elif self.guard.norm_action == "reject":
-                    self.rejected[site] = (f"update norm {norm:.4g} is more than {self.guard.norm_factor:g} times "
-                                           f"the round's median ({bound / self.guard.norm_factor:.4g})")
-                    del self.accepted[site], self._held[site]
-                else:
-                    update = self._held.pop(site)
-                    scale = bound / norm
-                    clipped = {k: (g + scale * (v.astype(np.float64) - g)).astype(v.dtype)
-                               if np.issubdtype(v.dtype, np.floating) else v
-                               for k, v in update.weights.items() for g in [self.global_weights[k].astype(np.float64)]}
-                    self.aggregation.add(site, Update(clipped, update.n_samples, update.metrics))
+                update, norm = self._held.pop(site), self.norms[site]
+                if norm > bound and self.guard.norm_action == "reject":
+                    self._refuse(site, f"update norm {norm:.4g} is more than {self.guard.norm_factor:g} times "
+                                       f"the round's median ({bound / self.guard.norm_factor:.4g})")
+                    continue
+                if norm > bound:
+                    update = Update(shrink(update.weights, self.global_weights, bound / norm), update.n_samples,
+                                    update.metrics)
                     report.setdefault("clipped", {})[site] = norm
+                try:
+                    self.aggregation.add(site, update)
+                except UpdateRejected as exc:
+                    self._refuse(site, str(exc))
         if not self.accepted:
             raise UpdateRejected("every update of the round was rejected: "
                                  + "; ".join(f"{site}: {reason}" for site, reason in sorted(self.rejected.items())))
         return self.aggregation.result(), report
+
+    def _refuse(self, site: str, reason: str) -> None:
+        self.rejected[site] = reason
+        del self.accepted[site]

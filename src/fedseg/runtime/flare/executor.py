@@ -42,7 +42,7 @@ class FlareSiteExecutor(Executor):
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         site = fl_ctx.get_identity_name()
         if task_name not in TASKS:
-            self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}")
+            self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}", fire_event=False)
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
             app = self._site_app(site, fl_ctx)
@@ -53,7 +53,8 @@ class FlareSiteExecutor(Executor):
             reply = app.handle(task_name, None if task_name == "join" else dict(model.params or {}), payload)
             return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
         except (UserError, ValueError, KeyError, TypeError) as exc:
-            self.log_error(fl_ctx, f"site {site}: task '{task_name}' failed: {exc}")
+            # fire_event=False: the text stays in the site's log, out of FLARE's error collector
+            self.log_error(fl_ctx, f"site {site}: task '{task_name}' failed: {exc}", fire_event=False)
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
 
     def _site_app(self, site: str, fl_ctx: FLContext) -> SiteApp:

@@ -39,9 +39,10 @@ NO_CUSTOM_CODE = {"byoc": "none", "server-predeployed-flwr": "none"}
 
 
 def configure_server(kit: Kit, controller: str) -> None:
-    """The coordinator's local settings; ``controller`` is the one class a job may run there."""
+    """The coordinator's local settings; ``controller`` is the one class a job may run there
+    (FLARE's default list admits some eighty of its own, e.g. trackers that write to any URI)."""
     settings = _defaults(kit)
-    settings["class_allow_list"].append(controller)
+    settings["class_allow_list"] = [controller]
     server = settings["servers"][0]
     server["heart_beat_timeout"] = kit.network.heartbeat_timeout_s
     server["task_request_interval"] = kit.network.task_poll_interval_s
