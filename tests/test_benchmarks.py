@@ -16,6 +16,7 @@ def test_simulation_overhead_quick_runs():
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert any("ratio" in line for line in result.stdout.splitlines()), result.stdout
+    assert "runtime's own time outside site training" in result.stdout, result.stdout
 
 
 @pytest.mark.slow
@@ -23,4 +24,5 @@ def test_deployment_overhead_quick_runs():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "deployment_overhead.py"), "--quick"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert any("s/round" in line and "ratio" in line for line in result.stdout.splitlines()), result.stdout
+    lines = [line for line in result.stdout.splitlines() if "s/round" in line and "ratio" in line]
+    assert lines and "coordinator peak RSS" in lines[0], result.stdout
