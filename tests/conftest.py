@@ -132,7 +132,7 @@ def build_dataset():
     def build(path: Path, task: Task, fractions=(0.5, 0.25, 0.25), seed: int = 0, shard=None,
               **preprocessing) -> SiteDataset:
         preprocessing.setdefault("intensity", "none")
-        return SiteDataset(SiteSpec(Path(path).name, Path(path), shard), task, Preprocessing(**preprocessing),
+        return SiteDataset(SiteSpec(Path(path).stem, Path(path), shard), task, Preprocessing(**preprocessing),
                            SplitFractions(*fractions), seed)
 
     return build
