@@ -73,7 +73,8 @@ class Page(HTMLParser):
                 self.text[tag] += data
 
 
-def write_run(root, sites, models=("FL_global", "standalone_x"), experiment_name="tiny", examples=(), extra_toml=""):
+def write_run(root, sites, models=("FL_global", "standalone_x"), experiment_name="tiny", examples=(), extra_toml="",
+              **extra_results):
     """A finished run directory as the runtimes write it: results.json, cross_site.csv, metrics.jsonl,
     experiment.toml, and overlay figures for the sites in ``examples``. Every other case fails."""
     run = root / "run"
@@ -87,7 +88,7 @@ def write_run(root, sites, models=("FL_global", "standalone_x"), experiment_name
     results = {**summarise_model(models[0], scores[models[0]]), "experiment": experiment_name, "models": list(models),
                "rounds": 1, "matrix": cross_site_matrix(records), "failures": failures(records),
                "comparisons": paired_comparisons(records, reference=models[0], n_resamples=200) if len(models) > 1
-               else [], "wall_time_s": 1.0, "train_seconds": 0.5}
+               else [], "wall_time_s": 1.0, "train_seconds": 0.5, **extra_results}
     (run / "results.json").write_text(json.dumps(results, allow_nan=True))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"round": r, "site": site, "train_loss": 1 - r / 4,
                                                            "global_val_dice": r / 4}) + "\n"
@@ -153,6 +154,22 @@ def test_only_figures_inside_the_run_figures_folder_are_embedded(tmp_path, secre
     assert "evil" not in (run / "report.md").read_text().split("## Examples")[1]
 
 
+def test_rejected_updates_and_unscored_sites_are_listed_as_text(tmp_path):
+    rejected = [{"round": 0, "site": "<b>A</b>", "reason": "n_samples 1e9 > 12 declared | <script>x</script>"},
+                {"round": 2, "site": "B", "reason": "key `w` has shape (3,) [expected (4,)]"}]
+    run = write_run(tmp_path, {"A": ["c1", "c2"]}, models=("FL_global",), rejected_updates=rejected,
+                    unscored_sites={"C\n<i>": "its scores had 2 cases, 3 declared"})
+    write_report(run)
+    page = check_page(run)
+    assert ["1", "<b>A</b>", "n_samples 1e9 > 12 declared | <script>x</script>"] in page.tables[1]
+    assert ["3", "B", "key `w` has shape (3,) [expected (4,)]"] in page.tables[1]
+    assert page.tables[2][1] == ["C\\x0a<i>", "its scores had 2 cases, 3 declared"]
+    write_run(tmp_path / "clean", {"A": ["c1", "c2"]}, models=("FL_global",), rejected_updates=[], unscored_sites={})
+    write_report(tmp_path / "clean" / "run")
+    assert "Rejected updates" not in (tmp_path / "clean" / "run" / "report.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
 @settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no slow shrinking
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(st.characters(codec=None), max_size=12), min_size=3, max_size=3, unique=True),

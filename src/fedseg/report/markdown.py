@@ -42,6 +42,7 @@ def write_report(root: Path) -> Path:
         "Dice is computed per test case on the whole preprocessed image (sliding-window inference when "
         "training on patches) and averaged over foreground classes; the table gives mean ± sd over cases.",
         "",
+        *sections.rejections(results),
         *_cross_site(run, figures),
         *_examples(run, figures),
         *_learning_curves(run, figures),

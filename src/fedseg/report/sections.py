@@ -86,6 +86,27 @@ def statistics(comparisons: list[dict]) -> list[str]:
     ]
 
 
+def rejections(results: dict) -> list[str]:
+    """Updates the coordinator rejected (round, site, reason) and sites whose test scores it could not use."""
+    rejected, unscored = results.get("rejected_updates") or [], results.get("unscored_sites") or {}
+    if not rejected and not unscored:
+        return []
+    lines = ["## Rejected updates", ""]
+    if rejected:
+        lines += ["Every update is checked before it is used; these were left out of their round.", "",
+                  markdown_table(["round", "site", "reason"], [[_round(r.get("round")), r.get("site", "?"),
+                                                               r.get("reason", "?")] for r in rejected]), ""]
+    if unscored:
+        lines += ["Sites whose test scores were rejected or missing (not in the tables above):", "",
+                  markdown_table(["site", "reason"], [[site, reason] for site, reason in unscored.items()]), ""]
+    return lines
+
+
+def _round(value) -> str:
+    """Rounds are counted from 1 in the report (0-based in the run directory)."""
+    return str(value + 1) if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
 def failure_lines(failures: list[dict]) -> list[str]:
     """A sentence per model that missed a class on some case, and one line for those that never did."""
     failed = [f for f in failures if f["n_failed"]]
