@@ -47,12 +47,17 @@ def read_toml(path: Path, what: str = "experiment file") -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text TOML file (byte {raw[exc.start]:#04x} at offset {exc.start} "
                           f"is not UTF-8); give the {what}, saved as UTF-8 text") from None
+    return loads_toml(text, str(path))
+
+
+def loads_toml(text: str, where: str) -> dict[str, Any]:
+    """The TOML document ``text`` (e.g. an experiment a job carries); ConfigError naming ``where``."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML here: arrays or tables nested too deeply") from None
+        raise ConfigError(f"{where}: not valid TOML here: arrays or tables nested too deeply") from None
 
 
 def check_numbers(data: Any, where: str, keys: tuple = ()) -> None:
