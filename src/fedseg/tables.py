@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +23,8 @@ from fedseg.errors import UserError
 MAX_TOML_BYTES = 1 << 20
 """An experiment or project file is a few kB; anything above 1 MiB is not one."""
 _INT64 = 1 << 63
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+"""A key shown as it is; others are shown quoted and escaped, as TOML writes them."""
 
 
 class ConfigError(UserError):
@@ -76,9 +79,12 @@ def check_numbers(data: Any, where: str, keys: tuple = ()) -> None:
 
 def key_path(keys: tuple) -> str:
     """``("training", "lr")`` -> ``[training] lr``; ``("sites", 0, "shard", 1)`` -> ``[[sites]] #1 shard[1]``."""
-    if len(keys) < 2:
-        return "".join(map(str, keys)) or "the document"
+    if not keys:
+        return "the document"
+    keys = tuple(k if isinstance(k, int) or BARE_KEY.fullmatch(k) else _quoted(k) for k in keys)
     head, rest = keys[0], keys[1:]
+    if not rest:
+        return head
     if isinstance(rest[0], int) and len(rest) > 1:
         text, rest = f"[[{head}]] #{rest[0] + 1}", rest[1:]
     else:
@@ -86,6 +92,15 @@ def key_path(keys: tuple) -> str:
     for i, key in enumerate(rest):
         text += f"[{key}]" if isinstance(key, int) else (" " if i == 0 else ".") + key
     return text
+
+
+def _quoted(key: str) -> str:
+    """A TOML quoted key with every unprintable character escaped (a message never moves the cursor)."""
+    def escape(c: str) -> str:
+        if c in '"\\':
+            return "\\" + c
+        return c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+    return '"' + "".join(map(escape, key)) + '"'
 
 
 def build_table(cls: type, table: Any, section: str, where: str) -> Any:
