@@ -223,7 +223,9 @@ def test_a_site_that_scales_its_update_is_rejected_and_the_run_equals_its_simula
     assert rejected == [(0, "hospital_c"), (1, "hospital_c")]
     assert all("median" in m["rejected"] for m in metrics if "rejected" in m)
     received = (workspace / "faulty-deployed" / "received.jsonl").read_text()
-    assert received.count('"verdict": "rejected: update norm') == 2
+    guard = [json.loads(line) for line in received.splitlines() if '"task": "guard"' in line]
+    assert [(g["round"], g["site"]) for g in guard] == rejected
+    assert all(g["verdict"].startswith("rejected: update norm") for g in guard)
     simulated = load_experiment(experiment)
     run_simulation(replace(simulated, faults={"hospital_c": "scale:100"}), workspace / "faulty-simulated")
     assert_same_run(workspace / "faulty-deployed", workspace / "faulty-simulated")

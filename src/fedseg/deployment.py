@@ -16,7 +16,6 @@ and FL_local models live at one site each, and centralized training needs pooled
 from __future__ import annotations
 
 import time
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from fedseg.runtime.flare.job import Components
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
 from fedseg.study import initial_weights, load_site, prepare_run_dir, round_engine, site_app, write_results
+from fedseg.tables import loads_toml
 
 
 def deployable(experiment: Experiment) -> Experiment:
@@ -49,10 +49,7 @@ def deployable(experiment: Experiment) -> Experiment:
 
 
 def parse_text(text: str) -> Experiment:
-    try:
-        return parse_experiment(tomllib.loads(text))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"the job's experiment is not valid TOML: {exc}") from None
+    return parse_experiment(loads_toml(text, "the job's experiment"))
 
 
 class Coordinator(FlareController):

@@ -6,7 +6,6 @@ so a deployed run is put together exactly as its simulation.
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from fedseg.plans.base import ComputePlan
 from fedseg.runtime.engine import Dispatcher, RoundEngine, RoundObserver
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
+from fedseg.tables import read_toml
 from fedseg.types import CaseMetrics, Weights
 
 
@@ -77,8 +77,8 @@ def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool,
             raise UserError(hint or f"{run_dir.root} already holds a run; pass --resume to continue it, "
                                     "or choose another --out")
         try:
-            previous = parse_experiment(tomllib.loads(saved.read_text()), source=saved)
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, UserError) as exc:
+            previous = parse_experiment(read_toml(saved, "saved experiment"), source=saved)
+        except UserError as exc:
             raise UserError(f"{saved} is damaged ({exc}); it cannot be compared with the experiment given: "
                             "restore it from your experiment file (the same file continues the run) "
                             "or start a new run with another --out") from None

@@ -63,7 +63,6 @@ class Dispatcher(Protocol):
 
 class RoundObserver(Protocol):
     """Progress hooks (a progress bar, a log); the engine works without one."""
-
     def planned(self, trainings: int) -> None: ...
 
     def round_started(self, round: int, sites: list[str]) -> None: ...
@@ -76,7 +75,6 @@ class RoundObserver(Protocol):
 class RunStopped(RuntimeError):
     """A round could not be completed; the message says why and what to do."""
 
-
 class RoundEngine:
     def __init__(self, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory, sites: list[str],
                  policy: RoundPolicy = RoundPolicy(), guard: GuardConfig = GuardConfig(),
@@ -87,7 +85,7 @@ class RoundEngine:
         self.validate_global, self.observer, self.classes = validate_global, observer, classes
         self.declared: dict[str, dict[str, int]] = {}
         self.join_failures: dict[str, str] = {}
-        self.on_round: Callable[[int, list[dict]], None] | None = None
+        self.on_round: Callable[[int, list[dict]], None] = lambda round, records: None
         """Called after each checkpointed round (deployment publishes progress with it)."""
 
     # -- the run ---------------------------------------------------------------------------------
@@ -124,11 +122,11 @@ class RoundEngine:
             on_update = self._handler("train", take, intake.rejected, round)
             self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
             try:
-                new_weights, guarded = intake.finish()
+                (new_weights, guarded), problem = intake.finish(), None
             except UpdateRejected as exc:
                 new_weights, guarded, problem = None, {}, str(exc)
-            else:
-                problem = None
+            for site, reason in intake.refused_late.items():  # the arrival line said "accepted"
+                self._audit("guard", site, round, None, {}, reason)
             if new_weights is not None and self.policy.accepts(len(chosen), len(intake.accepted)):
                 break
             problem = problem or (f"{len(intake.accepted)} of {len(chosen)} site(s) sent a usable update, "
@@ -139,8 +137,8 @@ class RoundEngine:
                                  ("; check that the sites are running ('fedseg status'), then submit again with "
                                   "--resume" if self.dispatcher.retries_help else ""))
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
-        records = self._records(round, intake, guarded, sorted(set(chosen) - set(intake.accepted)
-                                                                - set(intake.rejected)))
+        missing = sorted(set(chosen) - set(intake.accepted) - set(intake.rejected))
+        records = self._records(round, intake, guarded, missing)
         if self.validate_global:
             self._validate(new_weights, records)
         if records:
@@ -149,8 +147,7 @@ class RoundEngine:
         self.run_dir.save_round(round, new_weights, self.plan.state_dict())
         if self.observer:
             self.observer.round_finished(round, records)
-        if self.on_round:
-            self.on_round(round, records)
+        self.on_round(round, records)
         return new_weights
 
     # -- joining, validation, final scores -------------------------------------------------------

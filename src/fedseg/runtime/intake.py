@@ -137,6 +137,7 @@ class RoundIntake:
         """Per accepted site: n_samples and metrics (the update's weights are not kept here)."""
         self.rejected: dict[str, str] = {}
         self.norms: dict[str, float] = {}
+        self.refused_late: dict[str, str] = {}
         self._held: dict[str, Update] = {}
 
     def receive(self, site: str, update: Any) -> str | None:
@@ -185,5 +186,6 @@ class RoundIntake:
         return self.aggregation.result(), report
 
     def _refuse(self, site: str, reason: str) -> None:
-        self.rejected[site] = reason
+        """Reject an update that was accepted on arrival (by the guard, or the plan when folding it in)."""
+        self.rejected[site] = self.refused_late[site] = reason
         del self.accepted[site]

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedseg.errors import UserError
+from fedseg.tables import read_toml
 
 KIT_FILE = "fedseg.json"
 
@@ -55,12 +55,7 @@ class Project:
 
 def load_project(path: Path) -> Project:
     """Read and check ``PROJECT.toml``; every error names the file and the key."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: project file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(Path(path), "project file")
     where = str(path)
     _known(data, {"name", "coordinator", "sites", "admins", "network"}, where, "top level")
     coordinator = _table(data, "coordinator", where)
