@@ -26,6 +26,7 @@ from fedseg.data.inspect import inspect_site
 from fedseg.data.loading import load_case
 from fedseg.data.site import Case, discover_cases
 from fedseg.data.task import Task
+from fedseg.errors import printable
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".tif", ".bmp")
@@ -171,7 +172,7 @@ def test_any_file_name_is_read_or_reported_printably(names):
                     handle.write(VALID[".png"])
         inspection = inspect_site(root, spatial_dims=2)
         for case in inspection.cases:
-            assert case.name.isprintable() and case.name.encode("utf-8")
+            assert printable(case.name) == case.name and case.name.encode("utf-8")
         for problem in inspection.problems:
-            assert str(problem).isprintable() and str(problem).encode("utf-8")
+            assert printable(str(problem)) == str(problem) and str(problem).encode("utf-8")
         assert inspection.problems or len(inspection.cases) == len(names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedseg.errors import UserError
+from fedseg.errors import UserError, printable
 
 
 @dataclass(frozen=True)
@@ -17,18 +17,6 @@ class Problem:
 
     def __str__(self) -> str:
         return printable(f"{self.path}: {self.message}")
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print or write as UTF-8: bytes of a non-UTF-8 file name (held by Python as
-    surrogate escapes) become ``\\xNN``, control and other invisible characters ``\\n``, ``\\x1b``,
-    ``\\u200b``..."""
-    text = str(text)
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that no file name produced
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class DataError(UserError):

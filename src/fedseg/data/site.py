@@ -12,8 +12,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedseg.data.errors import DataError, Problem, printable
+from fedseg.data.errors import DataError, Problem
 from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name, is_supported
+from fedseg.errors import printable
 
 SPLITS = ("train", "val", "test")
 _EXTRA = "\0extra"  # DictReader key for values beyond the header's columns
