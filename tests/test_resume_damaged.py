@@ -15,7 +15,7 @@ from tiny_experiment import tiny_experiment
 
 
 def test_resume_with_an_empty_newest_checkpoint_redoes_the_lost_rounds(tmp_path):
-    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=3, n_cases=6))
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=3, n_cases=5, training={"local_steps": 1}))
     out = tmp_path / "run"
     run_simulation(experiment, out)
     checkpoints = out / "checkpoints"
