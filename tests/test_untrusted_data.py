@@ -124,6 +124,26 @@ def test_a_huge_declared_nifti_is_refused_from_its_header(tmp_path, suffix):
     assert f"limit of {DEFAULT_MAX_VALUES:,}" in message and MAX_VALUES_ENV in message
 
 
+@pytest.mark.parametrize("kind", ["nifti1", "nifti2", "big-endian"])
+def test_header_extensions_are_read_only_up_to_a_limit(tmp_path, kind):
+    """A 4.7 MB .nii.gz declaring a 1 GiB header extension made nibabel read all of it (1.1 GB, 8 s)."""
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    image = {"nifti1": nib.Nifti1Image, "nifti2": nib.Nifti2Image, "big-endian": nib.Nifti1Image}[kind](
+        data, np.eye(4))
+    if kind == "big-endian":
+        image = nib.Nifti1Image(data.astype(">i2"), np.eye(4), nib.Nifti1Header(endianness=">"))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"small and fine" * 8))
+    path = tmp_path / "c.nii.gz"
+    nib.save(image, str(path))
+    np.testing.assert_array_equal(read_volume(path, 3).array[0], data)  # a few bytes of extensions: fine
+
+    header = image.header.copy()
+    header["vox_offset"] = 2**30
+    path.write_bytes(gzip.compress(header.binaryblock + b"\1\0\0\0" + b"\0" * 64))
+    with pytest.raises(ReadError, match="pixel data 1,073,741,824 bytes into the file .*extensions"):
+        read_volume(path, 3)
+
+
 def test_the_limit_counts_channels_and_is_set_by_the_environment(make_site, monkeypatch):
     site = make_site()
     path = site.nifti("images", "c", np.zeros((8, 8, 8, 2), np.float32))  # 1024 values

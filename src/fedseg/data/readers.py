@@ -10,8 +10,10 @@ An RGB24/RGBA32 NIfTI is read as 3 colour channels, like an RGB picture.
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 MAX_VALUES_ENV = "FEDSEG_MAX_VOXELS"
 DEFAULT_MAX_VALUES = 2**28
 """Voxels x channels one file may hold: 1 GiB as float32 (512 x 512 x 1024 CT fits)."""
+MAX_NIFTI_OFFSET = 2**24
+"""Bytes before a NIfTI's pixel data (header and extensions) that are read: 16 MiB."""
 
 
 class ReadError(Exception):
@@ -118,7 +122,25 @@ def _check_size(shape: tuple[int, ...]) -> None:
                         "number of voxels if this machine has the memory (4 bytes each, several copies)")
 
 
+def _check_nifti_offset(path: Path) -> None:
+    """Refuse a NIfTI whose header puts its pixels far into the file: nibabel would read all the bytes
+    before them as header extensions (a small .nii.gz can hold a gigabyte of them)."""
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as handle:
+        head = handle.read(176)
+    for order in "<>":  # NIfTI-1 (348-byte header, float32 vox_offset) or NIfTI-2 (540, int64)
+        size = struct.unpack(f"{order}i", head[:4])[0] if len(head) >= 4 else None
+        if size in (348, 540) and len(head) >= (112 if size == 348 else 176):
+            offset = struct.unpack(f"{order}f", head[108:112])[0] if size == 348 else \
+                struct.unpack(f"{order}q", head[168:176])[0]
+            if not offset <= MAX_NIFTI_OFFSET:  # NaN too
+                raise ReadError(f"its header puts the pixel data {offset:,.0f} bytes into the file (header "
+                                f"extensions), over the {MAX_NIFTI_OFFSET:,} read; save it again without "
+                                "extensions (nibabel: image.header.extensions.clear())")
+            return
+
+
 def _read_nifti(path: Path) -> Volume:
+    _check_nifti_offset(path)
     image = nib.load(str(path))
     _check_size(image.shape)
     data = np.asarray(image.dataobj)
