@@ -39,8 +39,11 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
 
     apps = {name: site_app(experiment, data) for name, data in datasets.items()}
     scorer = round_engine(experiment, experiment.compute_plan(), InProcessDispatcher(apps), run_dir, list(apps))
-    scores = {model: scorer.evaluate(weights)[0] for model, weights in models.items()}
-    results = write_results(run_dir, experiment, scores, started, resume)
+    scores, unscored = {}, {}
+    for model, weights in models.items():
+        scores[model], problems = scorer.evaluate(weights)
+        unscored.update({f"{site} ({model})": reason for site, reason in problems.items()})
+    results = write_results(run_dir, experiment, scores, started, resume, unscored)
     headline = results["model"]
     _draw_examples(run_dir, headline, models[headline], apps, results)
     write_report(run_dir.root)
