@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 
-_UNPRINTABLE = {"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"}
-"""Control, format (bidi overrides, zero-width), surrogate, unassigned, line and paragraph separators."""
+from fedseg.errors import printable
+
 _MARKDOWN_SYNTAX = re.compile(r"([\\`*\[\]!|#]|(?<![^\W_])_|_(?![^\W_]))")
 """Markdown syntax outside code; ``_`` between two letters or digits (``FL_global``) cannot start or end
 emphasis (CommonMark, Python-Markdown), so it stays readable."""
@@ -32,18 +31,6 @@ _FORMULA_START = "=+-@"
 class Markdown(str):
     """Markdown the code wrote itself (bold, a p-value "<0.001"): table cells of this type are kept as
     they are; every other cell is escaped. A plain ``str`` built from it (an f-string) is plain again."""
-
-
-def printable(text: object) -> str:
-    """``text`` with every character that is not safely visible replaced by a backslash escape."""
-    return "".join(_escape(c) if unicodedata.category(c) in _UNPRINTABLE else c for c in str(text))
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, decoded with surrogateescape
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def markdown_text(text: object) -> str:
@@ -71,7 +58,7 @@ def store_name(name: str) -> str:
 
 def _store_escape(match: re.Match) -> str:
     char = match[0]
-    return "\\\\" if char == "\\" else _escape(char) if 0xDC80 <= ord(char) <= 0xDCFF else f"\\u{ord(char):04x}"
+    return "\\\\" if char == "\\" else printable(char) if 0xDC80 <= ord(char) <= 0xDCFF else f"\\u{ord(char):04x}"
 
 
 def load_name(stored: str) -> str:
