@@ -230,3 +230,14 @@ def test_random_updates_are_accepted_only_when_they_fit(weights, n, metrics):
         assert all(np.isfinite(v).all() for v in weights.values() if v.dtype.kind == "f")
     else:
         assert isinstance(verdict, str) and "s" in intake.rejected
+
+
+def test_the_audit_log_keeps_a_line_for_a_malformed_reply(tmp_path):
+    from fedseg.runtime.audit import append_audit
+
+    path = tmp_path / "received.jsonl"
+    append_audit(path, "train", "c", 0, Update({"a": "text", ("k",): 1}, 3, {(1, 2): "x"}), {1: object()}, "bad")
+    append_audit(path, "train", "c", 0, Update("not weights", 3, {}), {}, None)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["verdict"] for line in lines] == ["rejected: bad", "accepted"]
+    assert lines[0]["params"] == {"a": "str", "('k',)": "int"}

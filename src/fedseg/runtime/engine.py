@@ -16,22 +16,21 @@ with the reasons.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fedseg.errors import UserError
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.checks import UpdateRejected
+from fedseg.runtime.audit import AUDIT_FILE, append_audit
 from fedseg.runtime.intake import (VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
                                    check_metrics)
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import CaseMetrics, Update, Weights
 
-AUDIT_FILE = "received.jsonl"
-"""In the run directory: every reply the coordinator received (weight values left out) and its verdict."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,9 @@ class RoundObserver(Protocol):
     def round_finished(self, round: int, records: list[dict]) -> None: ...
 
 
-class RunStopped(RuntimeError):
+class RunStopped(UserError):
     """A round could not be completed; the message says why and what to do."""
+
 
 class RoundEngine:
     def __init__(self, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory, sites: list[str],
@@ -133,6 +133,8 @@ class RoundEngine:
                                   f"{self.policy.needed(len(chosen))} needed")
             if not self.dispatcher.retries_help or attempt == self.policy.round_retries:
                 reasons = {site: self.join_failures.get(site, reason) for site, reason in intake.rejected.items()}
+                if reasons and all("NaN or infinite" in reason for reason in reasons.values()):
+                    problem += " (every update has NaN or infinite values: training diverged; lower [training] lr)"
                 raise RunStopped(f"round {round + 1}: {problem}" + _reasons(reasons) +
                                  ("; check that the sites are running ('fedseg status'), then submit again with "
                                   "--resume" if self.dispatcher.retries_help else ""))
@@ -236,24 +238,7 @@ class RoundEngine:
         return records
 
     def _audit(self, task: str, site: str, round: int | None, reply: Any, meta: dict, verdict: str | None) -> None:
-        """One line in ``received.jsonl`` per reply: parameter names, dtypes and shapes (not their
-        values), metrics, the transport's metadata and the verdict."""
-        line: dict[str, Any] = {"task": task, "site": site, "round": round, "params": {}, "metrics": {},
-                                "meta": meta, "verdict": "accepted" if verdict is None else f"rejected: {verdict}"}
-        if isinstance(reply, Update):
-            line["params"] = {k: [str(v.dtype), list(v.shape)] for k, v in reply.weights.items()
-                              if hasattr(v, "dtype")}
-            line["metrics"] = reply.metrics
-        elif isinstance(reply, dict):
-            line["metrics"] = reply
-        elif isinstance(reply, list):
-            line["cases"] = len(reply)
-        try:
-            text = json.dumps(line, default=repr)
-        except (TypeError, ValueError):  # e.g. keys that are not text, sent by a broken or hostile site
-            text = json.dumps({**line, "metrics": repr(line["metrics"])[:2000], "meta": repr(meta)[:2000]})
-        with open(self.run_dir.root / AUDIT_FILE, "a") as audit:
-            audit.write(text + "\n")
+        append_audit(self.run_dir.root / AUDIT_FILE, task, site, round, reply, meta, verdict)
 
 
 def _reasons(rejected: dict[str, str]) -> str:

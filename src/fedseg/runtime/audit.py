@@ -1,0 +1,39 @@
+"""The audit log of a run: one line in ``received.jsonl`` per reply a site sent, with the verdict.
+
+Weight values are left out (parameter names, dtypes and shapes are kept); metrics, case counts and
+the transport's metadata are kept in full, so anyone can check what reached the coordinator.
+A reply is written even when it is malformed: the line then holds its ``repr``, cut short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedseg.types import Update
+
+AUDIT_FILE = "received.jsonl"
+
+
+def append_audit(path: Path, task: str, site: str, round: int | None, reply: Any, meta: dict,
+                 verdict: str | None) -> None:
+    line: dict[str, Any] = {"task": task, "site": site, "round": round, "params": {}, "metrics": {},
+                            "meta": meta, "verdict": "accepted" if verdict is None else f"rejected: {verdict}"}
+    if isinstance(reply, Update):
+        if isinstance(reply.weights, dict):
+            line["params"] = {str(k): [str(v.dtype), list(v.shape)] if isinstance(v, np.ndarray) else type(v).__name__
+                              for k, v in reply.weights.items()}
+        line["metrics"] = reply.metrics
+    elif isinstance(reply, dict):
+        line["metrics"] = reply
+    elif isinstance(reply, list):
+        line["cases"] = len(reply)
+    try:
+        text = json.dumps(line, default=repr)
+    except (TypeError, ValueError):  # e.g. keys that are not text, sent by a broken or hostile site
+        text = json.dumps({**line, "metrics": repr(line["metrics"])[:2000], "meta": repr(meta)[:2000]})
+    with open(path, "a") as audit:
+        audit.write(text + "\n")
