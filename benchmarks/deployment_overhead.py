@@ -21,13 +21,17 @@ The script prints ratios and figures; it never asserts on time. A second 8M run 
 has the sites answer 1.5 s apart, to tell memory held for concurrent arrivals from memory that
 accumulates per site.
 
-On 2 shared CPU cores (2026-11-26, every process on the same 2 cores): overhead per round 0.21 s
-(tiny model, 2 sites) and 1.15-1.33 s (8.2M parameters, 2 sites); with 8 sites 0.6-1.0 s and
-6.4-7.2 s, mostly the sites' own serialisation competing for the 2 cores. Coordinator peak memory
-over the tiny run: about 20 model sizes with 2 sites and 40-46 with 8, staggered answers alike
-(FLARE's per-site transport buffers; see README, Benchmarks).
+On 2 shared CPU cores (2026-11-26, every process on the same 2 cores), through the round engine
+(its checks of every update, norm guard on): overhead per round 0.14-0.17 s (tiny model, 2
+sites) and 1.20 s (8.2M parameters, 2 sites; 2.05 s in a run where other work kept the load
+average at 16-22); with 4 sites 0.24 s and 2.05 s (that loaded run), with 8 sites 0.45 s and
+5.2 s, mostly the sites' own serialisation competing for the 2 cores. Coordinator peak memory over the tiny run:
+about 24 model sizes with 2 sites, 30 with 4 and 40 with 8, staggered answers alike (FLARE's
+per-site transport buffers and the round's held updates; see README, Benchmarks). Before the
+round engine (same day, peak polled from outside over the whole job, simulated time including
+the checkpoint): 0.21 s and 1.15-1.33 s with 2 sites, 20 and 40-46 model sizes with 2 and 8.
 
-Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8]
+Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8] [--keep DIR]
 """
 
 from __future__ import annotations

@@ -25,7 +25,10 @@ plan, run directory) is read off each run, free of the noise between runs.
 
 On 2 shared CPU cores (2026-11-25, default sizes) the ratio of medians was 0.998, 1.032 and
 1.044 in three invocations (noise, both ways), while the runtime's own time was steadily about
-0.4 % of the training (~11 ms per round).
+0.4 % of the training (~11 ms per round). Through the round engine (2026-11-26, with its checks
+of every model and update, on the same cores under a load average of 4-22 from other work, which
+made the plain loop 3-15x slower than the day before): ratios of medians 1.145 and 0.802 (noise),
+the runtime's own time 0.23 % and 0.29 % of the plain loop (30 and 35 ms per round).
 
 Run:  .venv/bin/python benchmarks/simulation_overhead.py [--quick] [--repeats N] ...
 The data is the built-in synthetic 2D demo data, written to a temporary folder.
