@@ -278,3 +278,18 @@ def test_site_reading_for_training_refuses_a_non_utf8_name_before_training(make_
         build_dataset(site.root, task_2d)
     assert "site 'hospital_a': 2 data problems" in str(error.value) and "Doe_John\\xff" in str(error.value)
     str(error.value).encode("utf-8")
+
+
+@pytest.mark.parametrize("affine", [np.diag([0.0, 1, 1, 1]), np.array([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0],
+                                                                       [0, 0, 0, 1]])])
+def test_a_singular_affine_is_a_per_case_error(make_site, affine):
+    """Such a header made MONAI's orientation transform raise while the site was prepared for training."""
+    site = make_site()
+    path = site.nifti("images", "c", np.zeros((4, 4, 4), np.float32))
+    raw = gzip.decompress(path.read_bytes())
+    header = nib.Nifti1Header(raw[:348], check=False)
+    header["srow_x"], header["srow_y"], header["srow_z"] = affine[:3]
+    header["sform_code"] = 1
+    path.write_bytes(gzip.compress(header.binaryblock + raw[348:]))
+    with pytest.raises(ReadError, match="singular affine .* fix the header's sform/qform"):
+        read_volume(path, 3)

@@ -110,7 +110,12 @@ def read_volume(path: Path, spatial_dims: int) -> Volume:
         raise ReadError(f"holds no voxels (shape {volume.array.shape[1:]}); remove or replace the file")
     if not np.isfinite(volume.affine).all():
         raise ReadError("has NaN or infinite values in its affine (header); fix the header")
-    return _as_dims(volume, spatial_dims)
+    volume = _as_dims(volume, spatial_dims)
+    axes = volume.affine[:spatial_dims, :spatial_dims]
+    if min(volume.spacing) <= 0 or abs(np.linalg.det(axes)) <= 1e-9 * math.prod(volume.spacing):
+        raise ReadError(f"has a singular affine (voxel spacing {', '.join(f'{v:g}' for v in volume.spacing)}; "
+                        "axes must be independent, spacings above 0): fix the header's sform/qform")
+    return volume
 
 
 def _check_size(shape: tuple[int, ...]) -> None:
