@@ -32,7 +32,7 @@ def rgb24(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
     return array
 
 
-# --- RGB24 NIfTI ------------------------------------------------------------------------------
+# --- what a volume holds: colour, dtype, size, geometry ----------------------------------------
 
 def test_rgb24_nifti_is_read_as_three_colour_channels(make_site):
     site = make_site()
