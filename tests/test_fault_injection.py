@@ -1,6 +1,7 @@
 """Fault injection end to end on the demo's three synthetic sites (issue 8): one site scales its
-change to the global model by 100. Plain FedAvg is taken over by it; with the norm guard or the
-coordinate-wise median, the final test Dice stays within 0.02 of the clean run."""
+change to the global model by 100. Plain FedAvg is taken over by it; with the norm guard, the final
+test Dice stays within 0.02 of the clean run. (benchmarks/fault_injection.py measures every fault
+under every defence; measured 2026-11-26: clean 0.936, unguarded 0.265, guarded 0.921.)"""
 
 import dataclasses
 
@@ -11,12 +12,9 @@ from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.simulate import run_simulation
 
-ROUNDS, CASES = 6, 30
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    experiment = demo_experiment(tmp_path_factory.mktemp("demo-data"), rounds=ROUNDS, n_cases=CASES)
+    experiment = demo_experiment(tmp_path_factory.mktemp("demo-data"))  # the demo as users run it
     return dataclasses.replace(experiment, deployment=RoundPolicy(min_responses=2))
 
 
@@ -30,10 +28,8 @@ def dice(base, out, fault=None, guard="reject", plan=None):
 @pytest.mark.slow
 def test_one_scaled_site_takes_over_fedavg_and_the_guards_keep_the_clean_dice(base, tmp_path):
     clean = dice(base, tmp_path / "clean")
-    assert clean > 0.6  # the federation learns at all
+    assert clean > 0.85  # the federation learns
     unguarded = dice(base, tmp_path / "unguarded", "scale:100", guard="off")
     guarded = dice(base, tmp_path / "guarded", "scale:100")
-    median = dice(base, tmp_path / "median", "scale:100", guard="off", plan={"name": "fedavg", "aggregator": "median"})
-    assert unguarded < clean - 0.1, (clean, unguarded)
+    assert unguarded < clean - 0.3, (clean, unguarded)
     assert abs(guarded - clean) <= 0.02, (clean, guarded)
-    assert abs(median - clean) <= 0.02, (clean, median)
