@@ -109,3 +109,29 @@ def test_a_png_declaring_a_huge_size_is_a_per_case_error(make_site, side, rgb, s
     (problem,) = [p for p in problems if p.path == image]
     assert size in problem.message and "limit" in problem.message
     assert "crop or downsample" in problem.message
+
+
+def test_a_header_spacing_that_would_blow_up_resampling_is_a_problem_of_the_case(tmp_path):
+    """A finite but absurd spacing (1e6 mm) resampled to 1 mm would need terabytes: refused before."""
+    import nibabel as nib
+    import numpy as np
+
+    from fedseg.data.dataset import SiteDataset, SiteSpec
+    from fedseg.data.errors import DataError
+    from fedseg.data.preprocessing import Preprocessing
+    from fedseg.data.splits import SplitFractions
+    from fedseg.data.task import Task
+
+    site = tmp_path / "site"
+    for folder in ("images", "labels"):
+        (site / folder).mkdir(parents=True)
+    for i in range(4):
+        spacing = 1e6 if i == 0 else 1.0
+        affine = np.diag([spacing, 1.0, 1.0, 1.0])
+        label = np.zeros((8, 8, 8), np.uint8)
+        label[2:5, 2:5, 2:5] = 1
+        nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8).astype(np.float32), affine), site / "images" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), site / "labels" / f"c{i}.nii.gz")
+    with pytest.raises(DataError, match=r"c0\.nii\.gz.*resampling .* would give"):
+        SiteDataset(SiteSpec("site", site), Task(labels={"background": 0, "lesion": 1}, spatial_dims=3),
+                    Preprocessing(spacing=(1.0, 1.0, 1.0)), SplitFractions(0.5, 0.25, 0.25), 0)

@@ -190,6 +190,17 @@ def test_kept_optimizer_state_survives_a_restart(tmp_path):
     assert any(not np.array_equal(straight[k], reset[k]) for k in straight)
 
 
+def test_a_damaged_kept_optimizer_state_is_explained_not_a_traceback(tmp_path):
+    from fedseg.errors import UserError
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "optimizer_round_0002.pt").write_bytes(b"\x80\x02 truncated")
+    trainer = sphere_trainer(tmp_path, local_steps=2, optimizer_state="keep", state_dir=state)
+    with pytest.raises(UserError, match="optimizer_round_0002.pt: this site's saved optimizer state is damaged"):
+        trainer.train(get_weights(trainer.network), RoundConfig(round=3, seed=3))
+
+
 def test_fine_tune_trains_the_given_epochs_with_a_fresh_optimizer(tmp_path):
     trainer = sphere_trainer(tmp_path, local_steps=1, optimizer_state="keep")
     start = get_weights(trainer.network)

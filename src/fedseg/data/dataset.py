@@ -7,6 +7,7 @@ together (DataError). Preprocessed cases are cached so epochs never re-read or r
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fedseg.data.errors import DataError, Problem
 from fedseg.data.loading import LoadedCase, load_case
 from fedseg.data.partition import shard_cases
 from fedseg.data.preprocessing import Preprocessing, deterministic_transforms, random_transforms
+from fedseg.data.readers import MAX_VALUES_ENV, max_values
 from fedseg.data.site import SPLITS, discover_cases
 from fedseg.data.site_spec import SiteSpec, site_task
 from fedseg.data.splits import SplitFractions, assign_splits
@@ -50,7 +52,9 @@ class SiteDataset:
             for case in split_cases:
                 result, case_problems = load_case(case, own)
                 problems.extend(case_problems)
-                if result is not None:
+                if result is not None and (too_big := _resampled_too_big(result, preprocessing)):
+                    problems.append(too_big)
+                elif result is not None:
                     if spec.recontrast:
                         result.image.array = recontrast(result.image.array, spec.recontrast)
                     loaded[split].append(result)
@@ -150,3 +154,18 @@ def _cacheable(case: dict) -> dict:
     spacing = tuple(float(s) for s in image.pixdim) if isinstance(image, MetaTensor) else None
     plain = {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in case.items()}
     return {**plain, "spacing": spacing}
+
+
+def _resampled_too_big(case: LoadedCase, preprocessing: Preprocessing) -> Problem | None:
+    """A case that resampling to ``preprocessing.spacing`` would blow up past the reader's size limit
+    (a header spacing of 1e6 mm, say), found before any resampling."""
+    if preprocessing.spacing is None:
+        return None
+    image = case.image
+    size = image.array.shape[0] * math.prod(
+        math.ceil(n * s / t) for n, s, t in zip(image.spatial_shape, image.spacing, preprocessing.spacing))
+    if size <= max_values():
+        return None
+    return Problem(case.case.image, f"resampling from spacing {tuple(round(s, 4) for s in image.spacing)} to "
+                                    f"{tuple(preprocessing.spacing)} would give {size:,} values, more than the limit "
+                                    f"{max_values():,}; check the file's header spacing, or raise {MAX_VALUES_ENV}")

@@ -18,6 +18,7 @@ from monai.data.meta_tensor import MetaTensor
 
 from fedseg.data.dataset import SiteDataset
 from fedseg.data.task import Task
+from fedseg.errors import UserError
 from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
 from fedseg.training.config import TrainingConfig
@@ -105,7 +106,12 @@ class SiteTrainer:
             self._optimizer = self._new_optimizer()
             saved = [p for p in self._optimizer_files() if _round_of(p) < round]
             if saved:
-                self._optimizer.load_state_dict(torch.load(saved[-1], weights_only=True))
+                try:
+                    self._optimizer.load_state_dict(torch.load(saved[-1], weights_only=True))
+                except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+                    raise UserError(f"{saved[-1]}: this site's saved optimizer state is damaged ({exc}); delete "
+                                    "the file to go on with fresh optimizer moments (the run then differs from "
+                                    "an uninterrupted one), or restore it") from None
         return self._optimizer
 
     def _save_optimizer(self, round: int, optimizer: torch.optim.Optimizer) -> None:
