@@ -82,3 +82,8 @@ def test_a_name_resolved_by_string_counts_as_an_import(tmp_path):
     module = tmp_path / "lower.py"
     module.write_text('"""Docs may say fedseg.deployment freely."""\nFACTORY = "fedseg.deployment:coordinator_app"\n')
     assert fedseg_imports(module) == {"deployment"}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_260_lines(path):
+    assert len(path.read_text().splitlines()) <= 260, f"{path.name}: split it along a concept"

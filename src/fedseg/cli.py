@@ -97,8 +97,7 @@ def _deployment_commands(commands) -> None:
     submit.add_argument("experiment", type=Path, help="experiment TOML file (the one 'simulate' takes)")
     submit.add_argument("--admin", type=Path, required=True, help="your admin kit (KITS_DIR/admin)")
     submit.add_argument("--out", type=Path, help="where to copy the run directory when the run ends")
-    submit.add_argument("--resume", action="store_true", help="continue the coordinator's run of this "
-                                                               "experiment after its last completed round")
+    submit.add_argument("--resume", action="store_true", help="continue the coordinator's run after its last round")
     submit.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
     submit.set_defaults(handler=_submit)
 
@@ -129,8 +128,7 @@ def _run(experiment, out: Path, resume: bool) -> dict:
         console.print(matrix_table(results["matrix"]))
         for line in headline(results["comparisons"]):
             console.print(line, highlight=False)
-    console.print(f"run directory: {out}\nreport: {out / 'report.md'}  "
-                  f"(wall time {results['wall_time_s']:.0f} s)")
+    console.print(f"run directory: {out}\nreport: {out / 'report.md'}  (wall time {results['wall_time_s']:.0f} s)")
     return results
 
 
@@ -222,7 +220,7 @@ def _site(args) -> int:
 
 
 def _submit(args) -> int:
-    from fedseg.console import results_table
+    from fedseg.console import results_table, round_line
     from fedseg.consortium import follow, submit
     from fedseg.experiment import load_experiment
 
@@ -234,12 +232,9 @@ def _submit(args) -> int:
         return 0
     out = args.out or Path("runs") / f"{experiment.name}-{job_id[:8]}"
 
-    def progress(job) -> None:
-        if "round" in job.progress:
-            sites = ", ".join(f"{r['site']} {r.get('train_loss', float('nan')):.3f}" for r in job.progress["last"])
-            console.print(f"round {job.progress['round'] + 1}/{job.progress['rounds']} done: {sites}")
-
-    ended = follow(args.admin, session, job_id, out, progress)
+    ended = follow(args.admin, session, job_id, out,
+                   lambda job: console.print(round_line(job.progress), highlight=False) if "round" in job.progress
+                   else None)
     if ended.get("state") != "finished":
         raise UserError(f"job {job_id} did not finish: {ended.get('error', 'unknown reason')}")
     console.print(results_table(json.loads((out / "results.json").read_text())))

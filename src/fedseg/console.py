@@ -46,6 +46,16 @@ class ProgressObserver:
             self.progress.update(self.task, status=f"global val Dice {sum(dice) / len(dice):.3f}")
 
 
+def round_line(progress: dict) -> str:
+    """A deployed round as it finished: each site's training loss, or that its update was rejected."""
+    def site(record: dict) -> str:
+        loss = "rejected" if "rejected" in record else f"{record.get('train_loss', float('nan')):.3f}"
+        return escape(f"{record['site']} {loss}")
+
+    sites = ", ".join(site(r) for r in progress.get("last", []))
+    return f"round {progress['round'] + 1}/{progress['rounds']} done: {sites}"
+
+
 def results_table(results: dict) -> Table:
     classes = list(results["overall"]["dice_per_class"])
     table = Table(title=f"Test Dice of {results['model']}")

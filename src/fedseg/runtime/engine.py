@@ -5,7 +5,7 @@ It owns the whole protocol: resume after the last checkpointed round, who trains
 folding accepted updates into the plan's aggregation, the records of the round, the global
 model's validation, the checkpoint, and the final scoring on every site's test cases. A
 ``Dispatcher`` is the only thing that differs between runtimes: in-process site apps
-(``inprocess``) or FLARE sites (``flare``). Because both go through this code, "deployed equals
+(``simulation.InProcessDispatcher``) or FLARE sites (``flare.controller.FlareController``). Because both go through this code, "deployed equals
 simulated" holds by construction, and every check is written once.
 
 Sites declare their case counts once ("join") before they first train; an update's sample count
@@ -30,7 +30,6 @@ from fedseg.runtime.intake import (VALIDATE_METRICS, GuardConfig, RoundIntake, c
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import CaseMetrics, Update, Weights
-
 
 
 @dataclass(frozen=True)
