@@ -241,3 +241,67 @@ def test_the_audit_log_keeps_a_line_for_a_malformed_reply(tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["verdict"] for line in lines] == ["rejected: bad", "accepted"]
     assert lines[0]["params"] == {"a": "str", "('k',)": "int"}
+
+
+def test_a_negative_running_variance_or_counter_is_rejected():
+    """Hostile review: a finite, small negative running_var passed every check and made every
+    prediction of a batch-norm network NaN."""
+    from fedseg.plans.checks import UpdateRejected, check_weights
+
+    template = {"bn.running_var": np.ones(3, np.float32), "bn.num_batches_tracked": np.array(5, np.int64)}
+    check_weights(dict(template), template)
+    with pytest.raises(UpdateRejected, match="negative"):
+        check_weights({**template, "bn.running_var": np.array([1.0, -0.5, 1.0], np.float32)}, template)
+    with pytest.raises(UpdateRejected, match="negative"):
+        check_weights({**template, "bn.num_batches_tracked": np.array(-2**62, np.int64)}, template)
+
+
+def test_agreed_case_counts_bound_a_sites_declaration(tmp_path):
+    """Hostile review: declaring 10**7 cases (the cap) gave one site almost all the weight; the
+    experiment's [[sites]] cases makes the consortium's agreement the bound."""
+    from fedseg.runtime.intake import check_declaration
+
+    assert check_declaration({"train": 10, "val": 2, "test": 2}, agreed=14)["train"] == 10
+    with pytest.raises(ValueError, match="more than the 14"):
+        check_declaration({"train": 10**7 - 4, "val": 2, "test": 2}, agreed=14)
+    sites = {"a": Honest(), "b": Honest(), "c": Hostile(lambda u: Update(u.weights, 10**7 - 4, u.metrics),
+                                                        declared={"train": 10**7 - 4, "val": 2, "test": 2})}
+    eng, run_dir = engine(tmp_path, sites, policy=RoundPolicy(min_responses=2))
+    eng.agreed = {"a": 14, "b": 14, "c": 14}
+    eng.run(START, 1)
+    records = {r["site"]: r for r in run_dir.read_metrics()}
+    assert "declared" in records["c"]["rejected"] and "aggregation_weight" not in records["c"]
+
+
+def test_scores_that_would_break_the_results_are_rejected():
+    """Hostile review: duplicate case names or missing classes passed, then crashed the results."""
+    from fedseg.runtime.intake import check_cases
+
+    good = [CaseMetrics("x-1", {"lesion": 0.5}, {"lesion": 2.0}, {"lesion": 1.0})]
+    assert check_cases(good, DECLARED, {"lesion"}) == good
+    for bad in ([good[0], good[0]], [CaseMetrics("x-1", {}, {}, {})],
+                [CaseMetrics("x-1", {"lesion": 0.5}, {}, {"lesion": 1.0})]):
+        with pytest.raises(ValueError):
+            check_cases(bad, DECLARED, {"lesion"})
+    with pytest.raises(ValueError, match="not declared"):
+        check_cases(good, None, {"lesion"})
+    with pytest.raises(ValueError, match="finite"):
+        check_update(Update(START, 3, {"seconds": math.inf}), START, DECLARED)
+    with pytest.raises(ValueError) as error:
+        check_update(Update(START, "n" * 10**6, {}), START, DECLARED)
+    assert len(str(error.value)) < 300  # a site's value is cut short in every message
+
+
+def test_the_norm_guard_uses_recent_rounds_when_a_round_has_fewer_than_three_updates(tmp_path):
+    """Hostile review: with one or two updates a round (cyclic transfer, sampling) the round's own
+    median cannot tell a scaled update from an honest one; recent rounds' norms can."""
+    sites = {"a": Honest(), "b": Honest(), "c": Hostile(scaled(1000))}
+    eng, run_dir = engine(tmp_path, sites, CyclicWeightTransfer(seed=0, sites=list(sites)),
+                          policy=RoundPolicy(min_responses=1))
+    with pytest.raises(RunStopped, match="round 3"):  # c's round has no other update: nothing is left
+        eng.run(START, 3)
+    records = run_dir.read_metrics()
+    assert records[0]["guard"].startswith("inactive") and records[1]["guard"].startswith("inactive")
+    assert run_dir.last_round()[0] == 1
+    lines = [json.loads(line) for line in (run_dir.root / "received.jsonl").read_text().splitlines()]
+    assert any(line["task"] == "guard" and line["site"] == "c" for line in lines)

@@ -90,7 +90,7 @@ class Experiment:
         if self.faults:
             data["faults"] = dict(self.faults)
         data["sites"] = [_plain({"name": s.name, "path": str(s.path), "shard": s.shard, "labels": s.labels,
-                                 "recontrast": s.recontrast}) for s in self.sites]
+                                 "recontrast": s.recontrast, "cases": s.cases}) for s in self.sites]
         return data
 
     def compute_plan(self) -> ComputePlan:

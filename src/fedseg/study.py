@@ -66,7 +66,8 @@ def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatch
                  sites: list[str], observer: RoundObserver | None = None) -> RoundEngine:
     """The round engine with the experiment's round policy, guard and classes."""
     return RoundEngine(plan, dispatcher, run_dir, sites, experiment.deployment, experiment.guard,
-                       experiment.federation.validate_global, observer, set(experiment.task.foreground_names))
+                       experiment.federation.validate_global, observer, set(experiment.task.foreground_names),
+                       {spec.name: spec.cases for spec in experiment.sites if spec.cases is not None})
 
 
 def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool, hint: str = "") -> None:

@@ -27,9 +27,16 @@ class SiteSpec:
     labels: dict[str, int] | None = None
     recontrast: str | None = None
     """Simulated acquisition difference applied to this site's images (see ``data.acquisition``)."""
+    cases: int | None = None
+    """The site's number of cases as the consortium agreed; the coordinator refuses a site that
+    declares more when it joins (its declaration bounds the weight of its updates)."""
 
     def __post_init__(self) -> None:
         safe_name(self.name, "site name")
+        if self.cases is not None and not (isinstance(self.cases, int) and not isinstance(self.cases, bool)
+                                           and 1 <= self.cases <= 10_000_000):
+            raise ValueError(f"site {self.name}: cases must be a whole number from 1 to 10000000, "
+                             f"got {self.cases!r:.40}")
 
 
 def site_task(spec: SiteSpec, task: Task) -> Task:
@@ -43,7 +50,7 @@ def site_task(spec: SiteSpec, task: Task) -> Task:
     return Task(dict(spec.labels), task.spatial_dims, task.in_channels)
 
 
-SITE_KEYS = ("name", "path", "shard", "labels", "recontrast")
+SITE_KEYS = ("name", "path", "shard", "labels", "recontrast", "cases")
 
 
 def parse_site(entry: Any, index: int, base: Path, task: Task, where: str) -> SiteSpec:
@@ -69,7 +76,7 @@ def parse_site(entry: Any, index: int, base: Path, task: Task, where: str) -> Si
         shard = tuple(shard)
     try:
         spec = SiteSpec(safe_name(entry["name"], f"{label} name"), _path(entry["path"], base, f"{where}: {label} path"),
-                        shard, labels, entry.get("recontrast"))
+                        shard, labels, entry.get("recontrast"), entry.get("cases"))
         site_task(spec, task)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -15,6 +15,8 @@ import numpy as np
 
 from fedseg.types import Weights
 
+NONNEGATIVE = ("running_var",)
+"""Float buffers that hold variances (batch norm's running statistics): never below zero."""
 MAX_LISTED = 5
 """Parameter names listed in a message; the rest are counted."""
 
@@ -44,6 +46,9 @@ def check_weights(weights: Weights, template: Weights, what: str = "update") -> 
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise UpdateRejected(f"{what}: parameter {_name(key)} has {bad} NaN or infinite value(s)")
+        if (value.dtype.kind in "iu" or str(key).endswith(NONNEGATIVE)) and value.size and value.min() < 0:
+            # a negative variance makes every prediction NaN; counters (num_batches_tracked) count up
+            raise UpdateRejected(f"{what}: parameter {_name(key)} has negative values, which it cannot hold")
 
 
 def check_weight(weight: Any, what: str = "update") -> float:

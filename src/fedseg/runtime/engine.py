@@ -5,7 +5,8 @@ It owns the whole protocol: resume after the last checkpointed round, who trains
 folding accepted updates into the plan's aggregation, the records of the round, the global
 model's validation, the checkpoint, and the final scoring on every site's test cases. A
 ``Dispatcher`` is the only thing that differs between runtimes: in-process site apps
-(``simulation.InProcessDispatcher``) or FLARE sites (``flare.controller.FlareController``). Because both go through this code, "deployed equals
+(``simulation.InProcessDispatcher``) or FLARE sites
+(``flare.controller.FlareController``). Because both go through this code, "deployed equals
 simulated" holds by construction, and every check is written once.
 
 Sites declare their case counts once ("join") before they first train; an update's sample count
@@ -70,6 +71,10 @@ class RoundObserver(Protocol):
     def round_finished(self, round: int, records: list[dict]) -> None: ...
 
 
+HISTORY = 6
+"""Accepted update norms of recent rounds the norm guard keeps as its reference for small rounds."""
+
+
 class RunStopped(UserError):
     """A round could not be completed; the message says why and what to do."""
 
@@ -78,10 +83,13 @@ class RoundEngine:
     def __init__(self, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory, sites: list[str],
                  policy: RoundPolicy = RoundPolicy(), guard: GuardConfig = GuardConfig(),
                  validate_global: bool = True, observer: RoundObserver | None = None,
-                 classes: set[str] | None = None):
+                 classes: set[str] | None = None, agreed: dict[str, int] | None = None):
         self.plan, self.dispatcher, self.run_dir = plan, dispatcher, run_dir
         self.sites, self.policy, self.guard = sorted(sites), policy, guard
         self.validate_global, self.observer, self.classes = validate_global, observer, classes
+        self._last_norms: list[float] = []
+        self.agreed = agreed or {}
+        """Sites' case counts as the experiment agrees them (``[[sites]] cases``), where it does."""
         self.declared: dict[str, dict[str, int]] = {}
         self.join_failures: dict[str, str] = {}
         self.on_round: Callable[[int, list[dict]], None] = lambda round, records: None
@@ -95,6 +103,8 @@ class RoundEngine:
             done, weights, plan_state = last
             self.plan.load_state_dict(plan_state)
             start = done + 1
+            self._last_norms = [r["update_norm"] for r in self.run_dir.read_metrics() if r.get("round", done + 1)
+                                <= done and "update_norm" in r and "rejected" not in r][-HISTORY:]
         self.run_dir.drop_metrics_after(start - 1)  # lines of a round that never finished
         if self.observer:
             self.observer.planned(sum(len(self.plan.configure_train(r, self.sites)) for r in range(start, rounds)))
@@ -109,7 +119,8 @@ class RoundEngine:
             self.observer.round_started(round, list(chosen))
         self._join(set(chosen))
         for attempt in range(self.policy.round_retries + 1):
-            intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard)
+            intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard,
+                                 self._last_norms)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
 
             def take(site: str, update: Any, intake=intake) -> None:
@@ -140,6 +151,7 @@ class RoundEngine:
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
         missing = sorted(set(chosen) - set(intake.accepted) - set(intake.rejected))
         records = self._records(round, intake, guarded, missing)
+        self._last_norms = ([*self._last_norms, *(intake.norms[site] for site in sorted(intake.accepted))])[-HISTORY:]
         if self.validate_global:
             self._validate(new_weights, records)
         if records:
@@ -157,7 +169,7 @@ class RoundEngine:
         missing = {site: None for site in sorted(sites - set(self.declared)) if site in self.dispatcher.available()}
 
         def declare(site: str, reply: Any) -> None:
-            self.declared[site] = check_declaration(reply)
+            self.declared[site] = check_declaration(reply, self.agreed.get(site))
             self.join_failures.pop(site, None)
 
         if missing:
@@ -232,8 +244,7 @@ class RoundEngine:
                 records[0]["plan"] = summary
             if missing:
                 records[0]["missing_sites"] = missing
-            if "norm_bound" in guarded:
-                records[0]["norm_bound"] = guarded["norm_bound"]
+            records[0].update({key: guarded[key] for key in ("norm_bound", "guard") if key in guarded})
         return records
 
     def _audit(self, task: str, site: str, round: int | None, reply: Any, meta: dict, verdict: str | None) -> None:

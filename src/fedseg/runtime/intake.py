@@ -55,15 +55,20 @@ class GuardConfig:
             raise ValueError(f"norm_action must be one of {list(NORM_ACTIONS)}, got {self.norm_action!r}")
 
 
-def check_declaration(reply: Any) -> dict[str, int]:
-    """A site's case counts as declared when it joins: ``{"train": n, "val": n, "test": n}``."""
+def check_declaration(reply: Any, agreed: int | None = None) -> dict[str, int]:
+    """A site's case counts as declared when it joins: ``{"train": n, "val": n, "test": n}``, in all
+    no more than the ``agreed`` number of cases (``[[sites]] cases``) when the experiment gives one."""
     if not isinstance(reply, dict) or set(reply) != set(SPLITS):
         raise UpdateRejected(f"a declaration must give exactly the case counts {list(SPLITS)}")
     for split, count in reply.items():
         if not _whole(count) or not 0 <= count <= MAX_CASES:
-            raise UpdateRejected(f"declared {split} cases must be a whole number in [0, {MAX_CASES}], got {count!r}")
+            raise UpdateRejected(f"declared {split} cases must be a whole number in [0, {MAX_CASES}], "
+                                 f"got {shown(count)}")
     if reply["train"] < 1:
         raise UpdateRejected("a site that trains must declare at least one training case")
+    if agreed is not None and sum(reply.values()) > agreed:
+        raise UpdateRejected(f"declared {sum(reply.values())} cases, more than the {agreed} the experiment's "
+                             "[[sites]] cases agrees for this site")
     return {split: int(count) for split, count in reply.items()}
 
 
@@ -76,7 +81,7 @@ def check_update(update: Any, global_weights: Weights, declared: dict[str, int] 
     n = update.n_samples
     if not _whole(n) or not 1 <= n <= declared["train"]:
         raise UpdateRejected(f"n_samples must be a whole number from 1 to the {declared['train']} training "
-                             f"case(s) the site declared, got {n!r}")
+                             f"case(s) the site declared, got {shown(n)}")
     check_metrics(update.metrics, TRAIN_METRICS)
     check_weights(update.weights, global_weights)
     return update
@@ -87,35 +92,51 @@ def check_metrics(metrics: Any, allowed: dict[str, tuple[float, float]]) -> dict
         raise UpdateRejected("metrics must be a table of numbers")
     for key, value in metrics.items():
         if key not in allowed:
-            raise UpdateRejected(f"unknown metric {str(key)[:40]!r}; a site reports only {sorted(allowed)}")
+            raise UpdateRejected(f"unknown metric {shown(key)}; a site reports only {sorted(allowed)}")
         low, high = allowed[key]
         nan_ok = allowed is not TRAIN_METRICS or key == "val_dice"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UpdateRejected(f"metric {key!r} must be a number, got {type(value).__name__}")
         if math.isnan(value) and nan_ok:
             continue
-        if not low <= value <= high:
-            raise UpdateRejected(f"metric {key!r} = {value!r} is outside [{low}, {high}]")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise UpdateRejected(f"metric {key!r} = {shown(value)} is not a finite number in [{low}, {high}]")
     return metrics
 
 
 def check_cases(cases: Any, declared: dict[str, int] | None, classes: set[str] | None = None) -> list[CaseMetrics]:
-    """Per-case test scores: no more cases than declared, every score finite (or NaN) and in range."""
+    """Per-case test scores: distinct case names, no more cases than the site declared, every case
+    scored for exactly the task's classes (Dice, HD95, coverage), each score in range or NaN."""
     if not isinstance(cases, list) or not all(isinstance(c, CaseMetrics) for c in cases):
         raise UpdateRejected("test scores must be a list of per-case scores")
-    if declared is not None and len(cases) > declared["test"]:
+    if declared is None:
+        raise UpdateRejected("the site has not declared its cases")
+    if len(cases) > declared["test"]:
         raise UpdateRejected(f"{len(cases)} scored cases, but the site declared {declared['test']} test case(s)")
+    names = [case.case for case in cases]
+    if not all(isinstance(n, str) and 0 < len(n) <= 200 for n in names) or len(set(names)) != len(names):
+        raise UpdateRejected("case names must be distinct, non-empty text of at most 200 characters")
     for case in cases:
-        if not isinstance(case.case, str) or not 0 < len(case.case) <= 200:
-            raise UpdateRejected("case names must be non-empty text of at most 200 characters")
-        for table, (low, high) in ((case.dice, UNIT), (case.bbox_coverage, UNIT), (case.hd95, (0.0, math.inf))):
+        tables = ((case.dice, UNIT), (case.bbox_coverage, UNIT), (case.hd95, (0.0, math.inf)))
+        if not all(isinstance(t, dict) for t, _ in tables) or not isinstance(case.failed, list):
+            raise UpdateRejected(f"case {shown(case.case)}: scores must be tables")
+        wrong = classes is not None and not all(set(t) == classes for t, _ in tables)
+        if wrong or not set(case.failed) <= set(case.dice):
+            raise UpdateRejected(f"case {shown(case.case)}: scores must cover exactly the task's classes "
+                                 f"{sorted(classes or case.dice)}")
+        for table, (low, high) in tables:
             for name, value in table.items():
-                if classes is not None and name not in classes:
-                    raise UpdateRejected(f"case {case.case!r}: unknown class {str(name)[:40]!r}")
                 number = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
                 if not (number and (math.isnan(value) or low <= value <= high)):
-                    raise UpdateRejected(f"case {case.case!r}: score {value!r} of {name!r} is outside [{low}, {high}]")
+                    raise UpdateRejected(f"case {shown(case.case)}: score {shown(value)} of {shown(name)} is outside "
+                                         f"[{low}, {high}]")
     return cases
+
+
+def shown(value: Any) -> str:
+    """A value a site sent, as it may appear in a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _whole(value: Any) -> bool:
@@ -131,8 +152,10 @@ class RoundIntake:
     """
 
     def __init__(self, aggregation: Aggregation, global_weights: Weights, declared: dict[str, dict[str, int]],
-                 guard: GuardConfig):
+                 guard: GuardConfig, history: list[float] = ()):
         self.aggregation, self.global_weights, self.declared, self.guard = aggregation, global_weights, declared, guard
+        self.history = list(history)
+        """Recent rounds' accepted update norms (the last few): the reference when this round has fewer than 3."""
         self.accepted: dict[str, dict[str, Any]] = {}
         """Per accepted site: n_samples and metrics (the update's weights are not kept here)."""
         self.rejected: dict[str, str] = {}
@@ -163,9 +186,13 @@ class RoundIntake:
     def finish(self) -> tuple[Weights, dict[str, Any]]:
         """The next global model and what the guard did (``{"clipped": {...}, "median_norm": x}``)."""
         report: dict[str, Any] = {}
+        reference = list(self.norms.values()) if len(self.norms) >= 3 else [*self.norms.values(), *self.history]
+        if self._held and len(reference) < 3:  # one of two cannot be told from the other
+            report["guard"] = "inactive: fewer than 3 update norms to compare (this round's and recent ones)"
         if self._held:
-            bound = self.guard.norm_factor * float(np.median(list(self.norms.values())))
-            report["norm_bound"] = bound
+            bound = self.guard.norm_factor * float(np.median(reference)) if len(reference) >= 3 else math.inf
+            if math.isfinite(bound):
+                report["norm_bound"] = bound
             for site in sorted(self._held):
                 update, norm = self._held.pop(site), self.norms[site]
                 if norm > bound and self.guard.norm_action == "reject":
