@@ -129,3 +129,13 @@ def test_a_job_cannot_name_a_factory_for_the_coordinator_or_the_sites_to_call():
         Coordinator(experiment='name = "x"', app_factory="builtins:exec")
     with pytest.raises(TypeError):
         Site(experiment='name = "x"', app_factory="builtins:exec")
+
+
+def test_job_arguments_of_the_wrong_type_or_name_are_refused():
+    """Hostile review: 'resume = "no"' counted as true, and a job could set the wait loops' period."""
+    with pytest.raises(TypeError):
+        Coordinator(experiment='name = "x"', resume="no")
+    with pytest.raises(TypeError):
+        Coordinator(experiment='name = "x"', task_check_period=1e-9)
+    with pytest.raises(TypeError):
+        Site(experiment=["not", "text"])

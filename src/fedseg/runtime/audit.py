@@ -8,6 +8,7 @@ A reply is written even when it is malformed: the line then holds its ``repr``, 
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 from fedseg.types import Update
 
 AUDIT_FILE = "received.jsonl"
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 200, 200
 
 
 def append_audit(path: Path, task: str, site: str, round: int | None, reply: Any, meta: dict,
@@ -33,7 +36,8 @@ def append_audit(path: Path, task: str, site: str, round: int | None, reply: Any
         line["cases"] = len(reply)
     try:
         text = json.dumps(line, default=repr)
-    except (TypeError, ValueError):  # e.g. keys that are not text, sent by a broken or hostile site
-        text = json.dumps({**line, "metrics": repr(line["metrics"])[:2000], "meta": repr(meta)[:2000]})
+    except Exception:  # keys that are not text, nesting deeper than json goes: sent by a broken or hostile site
+        text = json.dumps({**line, "params": _SHORT.repr(line["params"]), "metrics": _SHORT.repr(line["metrics"]),
+                           "meta": _SHORT.repr(meta)})
     with open(path, "a") as audit:
         audit.write(text + "\n")

@@ -35,8 +35,11 @@ from fedseg.types import Weights
 class FlareController(ModelController):
     retries_help = True
 
-    def __init__(self, experiment: str, resume: bool = False, task_check_period: float = 0.05):
-        super().__init__(persistor_id="", ignore_result_error=True, task_check_period=task_check_period)
+    def __init__(self, experiment: str, resume: bool = False):
+        # the job's arguments are the submitter's: exactly these two, of these types
+        if not isinstance(experiment, str) or not isinstance(resume, bool):
+            raise TypeError("the job's arguments must be the experiment text and resume = true/false")
+        super().__init__(persistor_id="", ignore_result_error=True, task_check_period=0.05)
         self.experiment = experiment
         self.resume = resume
         self.run_dir: RunDirectory | None = None

@@ -30,6 +30,8 @@ from fedseg.runtime.site_app import TASKS, SiteApp
 
 class FlareSiteExecutor(Executor):
     def __init__(self, experiment: str, run_name: str = "run"):
+        if not isinstance(experiment, str) or not isinstance(run_name, str):  # the job's arguments: hostile
+            raise TypeError("the job's arguments must be the experiment text and the run name")
         super().__init__()
         self.experiment = experiment
         self.run_name = run_name
