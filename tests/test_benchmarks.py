@@ -26,3 +26,11 @@ def test_deployment_overhead_quick_runs():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if "s/round" in line and "ratio" in line]
     assert lines and "coordinator peak RSS" in lines[0], result.stdout
+
+
+@pytest.mark.slow
+def test_fault_injection_quick_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fault_injection.py"), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| scale:100 |" in result.stdout and "clean FedAvg" in result.stdout, result.stdout
