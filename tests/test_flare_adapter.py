@@ -139,3 +139,13 @@ def test_job_arguments_of_the_wrong_type_or_name_are_refused():
         Coordinator(experiment='name = "x"', task_check_period=1e-9)
     with pytest.raises(TypeError):
         Site(experiment=["not", "text"])
+
+
+def test_submitters_are_warned_about_sites_whose_weight_rests_on_their_word():
+    from fedseg.deployment import unbounded_sites
+
+    base = {"task": {"labels": {"background": 0, "lesion": 1}, "spatial_dims": 2},
+            "sites": [{"name": "a", "path": "/x", "cases": 40}, {"name": "b", "path": "/y"}]}
+    assert unbounded_sites(parse_experiment(base)) == ["b"]
+    assert unbounded_sites(parse_experiment({**base, "plan": {"name": "fedavg", "weighted_by": "uniform"}})) == []
+    assert unbounded_sites(parse_experiment({**base, "plan": {"name": "cyclic"}})) == []

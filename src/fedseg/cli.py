@@ -225,7 +225,7 @@ def _submit(args) -> int:
     from fedseg.experiment import load_experiment
 
     experiment = load_experiment(args.experiment)
-    session, job_id = submit(experiment, args.admin, args.resume)
+    session, job_id = submit(experiment, args.admin, args.resume, lambda line: console.print(escape(line)))
     console.print(f"submitted [bold]{escape(experiment.name)}[/] as job {job_id}")
     if args.no_wait:
         session.close()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedseg.deployment import COMPONENTS, deployable
+from fedseg.deployment import COMPONENTS, deployable, unbounded_sites
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment
 from fedseg.runtime.flare import admin, processes
@@ -50,10 +50,14 @@ def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | N
     os.execve(command[0], command, processes.site_environment(data, fault))
 
 
-def submit(experiment: Experiment, admin_kit: Path, resume: bool = False) -> tuple[Any, str]:
+def submit(experiment: Experiment, admin_kit: Path, resume: bool = False,
+           announce: Callable[[str], None] = print) -> tuple[Any, str]:
     """Send the experiment to the coordinator; returns the admin session and the job id."""
     kit = read_kit(admin_kit, "admin")
     deployable(experiment)
+    if unbounded := unbounded_sites(experiment):
+        announce(f"warning: no agreed [[sites]] cases for {', '.join(unbounded)}: with weighted_by = \"n_samples\" "
+                 "such a site could claim up to 10^7 cases and take most of the weight; state each site's cases")
     session = admin.connect(kit)
     with tempfile.TemporaryDirectory() as scratch:
         job = write_job(Path(scratch) / experiment.name, experiment.name, experiment.to_toml(), resume,

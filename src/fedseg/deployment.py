@@ -48,6 +48,15 @@ def deployable(experiment: Experiment) -> Experiment:
     return experiment
 
 
+def unbounded_sites(experiment: Experiment) -> list[str]:
+    """Sites whose FedAvg weight rests on their own word alone: the plan weights by ``n_samples``
+    and the experiment states no agreed ``[[sites]] cases`` for them."""
+    plan = experiment.plan
+    by_size = plan.get("weighted_by", "n_samples") == "n_samples" and plan.get("aggregator", "mean") in (
+        "mean", "clipped_mean") and plan["name"] not in ("cyclic", "single_transfer")
+    return [site.name for site in experiment.sites if site.cases is None] if by_size else []
+
+
 def parse_text(text: str) -> Experiment:
     return parse_experiment(loads_toml(text, "the job's experiment"))
 
