@@ -28,10 +28,7 @@ from fedseg.runtime.simulation import InProcessDispatcher
 from fedseg.runtime.site_app import SiteApp
 from fedseg.seeding import stable_seed
 from fedseg.study import round_engine, site_app
-from fedseg.types import Weights
-
-Model = Weights | list[Weights]
-"""One model's weights, or an ensemble's members."""
+from fedseg.types import Model, Weights
 
 ProgressFactory = Callable[[str], object]
 """``progress(arm)`` -> a context manager that is a RoundObserver."""
@@ -107,11 +104,8 @@ class ArmRunner:
                       rounds=self.experiment.federation.rounds)
 
     def _apps(self, datasets: dict[str, SiteDataset], root: Path) -> dict[str, SiteApp]:
-        return {name: site_app(self.experiment, data, state_dir=root / "sites" / name, fault=self._fault(name))
-                for name, data in datasets.items()}
-
-    def _fault(self, site: str) -> str | None:
-        return self.experiment.faults.get(site)
+        return {name: site_app(self.experiment, data, state_dir=root / "sites" / name,
+                               fault=self.experiment.faults.get(name)) for name, data in datasets.items()}
 
     def _arm_dir(self, name: str) -> RunDirectory:
         arm_dir = RunDirectory(self.run_dir.root / "arms" / name)

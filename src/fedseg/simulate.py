@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedseg.arms import ArmRunner, Model, ProgressFactory
+from fedseg.arms import ArmRunner, ProgressFactory
 from fedseg.experiment import Experiment
 from fedseg.report.markdown import write_report
 from fedseg.report.overlays import overlay_figure, pick_examples
@@ -19,6 +19,7 @@ from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.simulation import InProcessDispatcher
 from fedseg.runtime.site_app import SiteApp
 from fedseg.study import initial_weights, load_sites, prepare_run_dir, round_engine, site_app, write_results
+from fedseg.types import Model
 
 
 def run_simulation(experiment: Experiment, out: Path, resume: bool = False,

@@ -13,6 +13,8 @@ import numpy as np
 
 Weights = dict[str, np.ndarray]
 """A model's parameters by name, as numpy arrays (the state dict of the network)."""
+Model = Weights | list[Weights]
+"""One model's weights, or an ensemble's members."""
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def distance(weights: Weights, reference: Weights) -> float:
 
 def shrink(weights: Weights, reference: Weights, scale: float) -> Weights:
     """``weights`` moved toward ``reference`` to ``scale`` of their distance (float parameters only),
-    in each parameter's dtype: how an update is clipped to a norm bound."""
+    in each parameter's dtype: how an update is clipped to a norm bound (``scale`` > 1 moves it away)."""
     out = {}
     for key, value in weights.items():
         if np.issubdtype(value.dtype, np.floating):

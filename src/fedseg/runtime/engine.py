@@ -117,8 +117,8 @@ class RoundEngine:
         chosen = self.plan.configure_train(round, self.sites)
         if self.observer:
             self.observer.round_started(round, list(chosen))
-        self._join(set(chosen))
         for attempt in range(self.policy.round_retries + 1):
+            self._join(set(chosen))  # a site back after a drop-out declares itself before it trains
             intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard,
                                  self._last_norms)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}

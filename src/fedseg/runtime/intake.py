@@ -35,6 +35,8 @@ TRAIN_METRICS: dict[str, tuple[float, float]] = {
     "train_loss": NONNEGATIVE, "val_dice": UNIT, "steps": NONNEGATIVE, "seconds": NONNEGATIVE}
 """The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN)."""
 VALIDATE_METRICS = {"global_val_dice": UNIT}
+NAN_ALLOWED = {"val_dice", "global_val_dice"}
+"""Dice of a site's validation cases is NaN when no case holds a scored class; other metrics are numbers."""
 SPLITS = ("train", "val", "test")
 NORM_ACTIONS = ("reject", "clip", "off")
 
@@ -94,10 +96,9 @@ def check_metrics(metrics: Any, allowed: dict[str, tuple[float, float]]) -> dict
         if key not in allowed:
             raise UpdateRejected(f"unknown metric {shown(key)}; a site reports only {sorted(allowed)}")
         low, high = allowed[key]
-        nan_ok = allowed is not TRAIN_METRICS or key == "val_dice"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UpdateRejected(f"metric {key!r} must be a number, got {type(value).__name__}")
-        if math.isnan(value) and nan_ok:
+        if math.isnan(value) and key in NAN_ALLOWED:
             continue
         if not (math.isfinite(value) and low <= value <= high):
             raise UpdateRejected(f"metric {key!r} = {shown(value)} is not a finite number in [{low}, {high}]")
@@ -184,7 +185,8 @@ class RoundIntake:
         return None
 
     def finish(self) -> tuple[Weights, dict[str, Any]]:
-        """The next global model and what the guard did (``{"clipped": {...}, "median_norm": x}``)."""
+        """The next global model and what the guard did (``norm_bound``, ``clipped`` sites and their
+        norms, or ``guard`` when it had too few norms to compare)."""
         report: dict[str, Any] = {}
         reference = list(self.norms.values()) if len(self.norms) >= 3 else [*self.norms.values(), *self.history]
         if self._held and len(reference) < 3:  # one of two cannot be told from the other

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedseg.plans.checks import UpdateRejected, check_weights
+from fedseg.plans.robust import shrink
 from fedseg.seeding import stable_seed
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
@@ -93,11 +94,8 @@ class SiteApp:
             rng = np.random.default_rng(stable_seed(config.seed, "fault"))
             for key in floats:
                 weights[key] = rng.standard_normal(weights[key].shape).astype(weights[key].dtype)
-        else:
-            factor = float(self.fault.partition(":")[2])
-            for key in floats:
-                start = global_weights[key].astype(np.float64)
-                weights[key] = (start + factor * (weights[key] - start)).astype(weights[key].dtype)
+        else:  # the change to the global model multiplied by K: the same move as the guard's clipping
+            weights = shrink(weights, global_weights, float(self.fault.partition(":")[2]))
         return Update(weights, update.n_samples, update.metrics)
 
 

@@ -26,10 +26,8 @@ from fedseg.training.inference import predict_probabilities
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
-from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
+from fedseg.types import CaseMetrics, Model, RoundConfig, Update, Weights, mean_dice
 
-Model = Weights | list[Weights]
-"""One model's weights, or an ensemble's members."""
 
 
 def build_site_network(model: ModelConfig, task: Task, loss: str) -> torch.nn.Module:
