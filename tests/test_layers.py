@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedseg"
 LAYERS = [
     {"types", "seeding", "errors", "files", "tables"},
-    {"data", "models"},
+    {"data", "models", "privacy"},
     {"training"},
     {"plans"},
     {"runtime"},
