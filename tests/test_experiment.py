@@ -89,6 +89,27 @@ def test_resolved_experiment_round_trips_through_toml(tmp_path):
     ({"sites": [{"name": "a", "path": "~no_such_user_fedseg/x"}]}, "[[sites]] #1 path = '~no_such_user_fedseg/x' cannot"),
     ({"sites": [{"name": "a", "path": "x", "shard": [False, True]}]}, "shard must be [index, count]"),
     ({"training": {"batch_size": 2**63}}, "[training] batch_size = 9223372036854775808 is out of range"),
+    # issue 10: bad privacy settings say what to do
+    ({"privacy": {"dp": "sample"}}, "needs a target privacy.epsilon (e.g. epsilon = 8)"),
+    ({"privacy": {"dp": "sample", "epsilon": 0}}, "privacy.epsilon must be > 0, got 0"),
+    ({"privacy": {"dp": "sample", "epsilon": -1.0}}, "privacy.epsilon must be a finite number > 0, got -1.0"),
+    ({"privacy": {"dp": "sample", "epsilon": 8, "delta": 1.0}}, "privacy.delta must be a finite number within (0, 1), got 1.0"),
+    ({"privacy": {"dp": "sample", "epsilon": 8, "max_grad_norm": 0}}, "privacy.max_grad_norm must be > 0"),
+    ({"privacy": {"dp": "laplace", "epsilon": 8}}, "privacy.dp must be one of ('off', 'sample', 'client')"),
+    ({"privacy": {"epsilon": 8}}, "privacy.epsilon is set but privacy.dp is 'off'"),
+    ({"privacy": {"dp": "client", "epsilon": 8}}, "needs privacy.clip, the L2 bound"),
+    ({"privacy": {"dp": "client", "epsilon": 8, "clip": 1.0, "delta": 0.6},
+      "plan": {"name": "fedavg", "weighted_by": "uniform"}}, "below 1 / (number of sites) = 0.5"),
+    ({"privacy": {"dp": "client", "epsilon": 8, "clip": 1.0}}, "needs [plan] weighted_by = \"uniform\""),
+    ({"privacy": {"dp": "client", "epsilon": 8, "clip": 1.0}, "plan": {"name": "cyclic"}},
+     "needs a plan that averages the sites' updates"),
+    ({"privacy": {"secure_aggregation": True}}, "set [guard] norm_action = \"off\""),
+    ({"privacy": {"secure_aggregation": True}, "guard": {"norm_action": "off"},
+      "plan": {"name": "fedavg", "aggregator": "median"}}, "needs aggregator = \"mean\""),
+    ({"privacy": {"secure_aggregation": True}, "guard": {"norm_action": "off"}, "plan": {"name": "single_transfer"}},
+     "privacy.secure_aggregation needs a plan that averages"),
+    ({"privacy": {"secure_aggregation": True, "homomorphic": True}}, "choose one of privacy.secure_aggregation"),
+    ({"privacy": {"dp": "sample", "epsilon": 8}, "model": {"norm": "batch"}}, "cannot train batch norm"),
 ])
 def test_mistakes_name_the_file_section_and_key(tmp_path, change, message):
     path = write(tmp_path, {**MINIMAL, **change})

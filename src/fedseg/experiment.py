@@ -24,6 +24,7 @@ from fedseg.files import safe_name
 from fedseg.models.registry import ModelConfig
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.registry import build_plan
+from fedseg.privacy.config import PrivacyConfig
 from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.site_app import check_fault
@@ -70,6 +71,8 @@ class Experiment:
     """The round policy: timeout and minimum responses. In simulation a rejected update counts as missing."""
     guard: GuardConfig = GuardConfig()
     """The coordinator's update-norm guard (``[guard]``)."""
+    privacy: PrivacyConfig = PrivacyConfig()
+    """Differential privacy, secure aggregation, homomorphic encryption (``[privacy]``)."""
     arms: tuple[str, ...] = ("federated",)
     plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     faults: dict[str, str] = field(default_factory=dict)
@@ -109,7 +112,7 @@ class Experiment:
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
             "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig,
-            "deployment": RoundPolicy, "guard": GuardConfig}
+            "deployment": RoundPolicy, "guard": GuardConfig, "privacy": PrivacyConfig}
 TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", "faults", *SECTIONS}
 ARMS = ("federated", "standalone", "centralized")
 
@@ -155,9 +158,13 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
                           "fully annotated: remove 'centralized' from arms or the sites' labels tables")
     plan = _plan(data.get("plan", {}), seed, sites, sections, where)
     faults = _faults(data.get("faults", {}), names, where)
+    try:
+        sections["privacy"].check_with(plan["name"], plan, sections["guard"].norm_action, sections["model"].norm,
+                                       len(sites))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return Experiment(name=name, seed=seed, sites=sites, arms=tuple(arms), plan=plan, faults=faults,
-                      source=source,
-                      **sections)
+                      source=source, **sections)
 
 
 def _name(data: dict[str, Any], source: Path | None, where: str) -> str:

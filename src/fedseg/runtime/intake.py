@@ -32,7 +32,8 @@ MAX_CASES = 10_000_000
 UNIT = (0.0, 1.0)
 NONNEGATIVE = (0.0, math.inf)
 TRAIN_METRICS: dict[str, tuple[float, float]] = {
-    "train_loss": NONNEGATIVE, "val_dice": UNIT, "steps": NONNEGATIVE, "seconds": NONNEGATIVE}
+    "train_loss": NONNEGATIVE, "val_dice": UNIT, "steps": NONNEGATIVE, "seconds": NONNEGATIVE,
+    "epsilon": NONNEGATIVE}
 """The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN)."""
 VALIDATE_METRICS = {"global_val_dice": UNIT}
 NAN_ALLOWED = {"val_dice", "global_val_dice"}
