@@ -23,6 +23,8 @@ from fedseg.data.task import Task
 from fedseg.files import safe_name
 from fedseg.models.registry import ModelConfig
 from fedseg.plans.base import ComputePlan
+from fedseg.plans.client_dp import ClientDP
+from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.registry import build_plan
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.runtime.intake import GuardConfig
@@ -99,7 +101,7 @@ class Experiment:
     def compute_plan(self) -> ComputePlan:
         """A fresh compute plan for this experiment's sites."""
         return experiment_plan(self.plan, self.seed, [s.name for s in self.sites], self.training,
-                               self.federation.rounds)
+                               self.federation.rounds, self.privacy)
 
     @property
     def runtime_rounds(self) -> int:
@@ -224,12 +226,18 @@ def _faults(table: Any, names: list[str], where: str) -> dict[str, str]:
 
 
 def experiment_plan(plan: dict[str, Any], seed: int, site_names: list[str], training: TrainingConfig,
-                    rounds: int) -> ComputePlan:
+                    rounds: int, privacy: PrivacyConfig = PrivacyConfig()) -> ComputePlan:
     """The compute plan an experiment's ``[plan]`` table describes, over ``rounds`` = [federation]
-    rounds (for cyclic: cycles; the plan's ``total_rounds`` counts the runtime rounds)."""
+    rounds (for cyclic: cycles; the plan's ``total_rounds`` counts the runtime rounds), with
+    client-level DP when ``privacy`` asks for it."""
     options = {k: v for k, v in plan.items() if k != "name"}
-    return build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options,
-                      rounds=rounds)
+    built = build_plan(plan["name"], seed, site_names, training.local_epochs, training.local_steps, options,
+                       rounds=rounds)
+    if privacy.dp == "client" and isinstance(built, FedAvg):  # the [privacy] check allows averaging plans only
+        built.client_dp = ClientDP(privacy.clip, privacy.epsilon, privacy.delta,
+                                   built.sampling.count(len(site_names)) / len(site_names), built.total_rounds,
+                                   privacy.accountant)
+    return built
 
 
 def _plain(value: Any) -> Any:

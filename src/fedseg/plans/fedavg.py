@@ -15,6 +15,8 @@ import numpy as np
 
 from fedseg.plans.averaging import cast_like
 from fedseg.plans.base import Aggregation, ComputePlan, site_config
+from fedseg.plans.checks import check_weights
+from fedseg.plans.client_dp import ClientDP
 from fedseg.plans.robust import Aggregator
 from fedseg.plans.sampling import SiteSampling
 from fedseg.plans.weighting import Weighting
@@ -41,6 +43,8 @@ class FedAvg(ComputePlan):
         self.weighting = Weighting(weighted_by, metric_floor)
         self.sampling = SiteSampling(fraction, min_sites)
         self.aggregator = Aggregator(aggregator, trim, clip_factor)
+        self.client_dp: ClientDP | None = None
+        """Client-level DP (``[privacy] dp = "client"``): clip each update, noise the mean."""
         self._summary: dict[str, Any] = {}
 
     @property
@@ -66,30 +70,55 @@ class FedAvg(ComputePlan):
         return aggregation.result()
 
     def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
-        return Averaging(self, global_weights)
+        return Averaging(self, global_weights, round)
 
     def finish(self, combined: dict[str, np.ndarray], global_weights: Weights) -> Weights:
         """The next global model from the round's combination in float64 (FedOpt takes a step instead)."""
         return cast_like(combined, global_weights)
 
+    def conclude(self, combined: dict[str, np.ndarray], global_weights: Weights, round: int, count: int,
+                 summary: dict[str, Any]) -> Weights:
+        """The round's end for every way of combining (in the clear or a secure sum): client-level DP's
+        noise on the mean of ``count`` updates, then ``finish``; ``summary`` is the round's record."""
+        if self.client_dp is not None:
+            combined = self.client_dp.noised(combined, round, count)
+            summary = {**summary, **self.client_dp.summary(round)}
+        self._summary = summary
+        return self.finish(combined, global_weights)
+
     def round_summary(self) -> dict[str, Any]:
         return dict(self._summary)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.client_dp.state_dict() if self.client_dp is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.client_dp is not None:
+            self.client_dp.load_state_dict(state)
 
 
 class Averaging(Aggregation):
     """Checks each update (its weight, then every parameter against the global model) and hands it
     to the plan's combiner: the streaming mean folds it in and drops it, robust rules keep it."""
 
-    def __init__(self, plan: FedAvg, global_weights: Weights):
-        self.plan, self.global_weights = plan, global_weights
+    def __init__(self, plan: FedAvg, global_weights: Weights, round: int = 0):
+        self.plan, self.global_weights, self.round = plan, global_weights, round
         self.combiner = plan.aggregator.combiner(global_weights)
+        self.clipped: list[str] = []
 
     def add(self, site: str, update: Update) -> None:
         what = f"update from site {site!r}"
-        self.combiner.add(site, update.weights, self.plan.weighting(update, what), what)
+        weight = self.plan.weighting(update, what)
+        weights = update.weights
+        if self.plan.client_dp is not None:  # checked in full first: shrinking reads every parameter
+            check_weights(weights, self.global_weights, what)
+            weights, moved = self.plan.client_dp.clipped(weights, self.global_weights)
+            self.clipped += [site] if moved else []
+        self.combiner.add(site, weights, weight, what)
 
     def result(self) -> Weights:
         combined, summary = self.combiner.combine()
-        weights = self.plan.finish(combined, self.global_weights)
-        self.plan._summary = summary
-        return weights
+        if self.clipped:
+            summary["clipped_to_dp_bound"] = self.clipped
+        return self.plan.conclude(combined, self.global_weights, self.round, len(summary.get(
+            "aggregation_weights", {})) or 1, summary)

@@ -28,7 +28,9 @@ from fedseg.plans.checks import UpdateRejected
 from fedseg.runtime.audit import AUDIT_FILE, append_audit
 from fedseg.runtime.intake import (VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
                                    check_metrics)
+from fedseg.runtime.records import round_records
 from fedseg.runtime.round_policy import RoundPolicy
+from fedseg.runtime.secure_sum import SecureSum
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import CaseMetrics, Update, Weights
 
@@ -83,12 +85,13 @@ class RoundEngine:
     def __init__(self, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory, sites: list[str],
                  policy: RoundPolicy = RoundPolicy(), guard: GuardConfig = GuardConfig(),
                  validate_global: bool = True, observer: RoundObserver | None = None,
-                 classes: set[str] | None = None, agreed: dict[str, int] | None = None):
+                 classes: set[str] | None = None, agreed: dict[str, int] | None = None,
+                 secure: SecureSum | None = None):
         self.plan, self.dispatcher, self.run_dir = plan, dispatcher, run_dir
         self.sites, self.policy, self.guard = sorted(sites), policy, guard
         self.validate_global, self.observer, self.classes = validate_global, observer, classes
         self._last_norms: list[float] = []
-        self.agreed = agreed or {}
+        self.agreed, self.secure = agreed or {}, secure
         """Sites' case counts as the experiment agrees them (``[[sites]] cases``), where it does."""
         self.declared: dict[str, dict[str, int]] = {}
         self.join_failures: dict[str, str] = {}
@@ -129,9 +132,12 @@ class RoundEngine:
                 if self.observer:
                     self.observer.site_trained(round, site, update)
 
-            on_update = self._handler("train", take, intake.rejected, round)
-            self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
             try:
+                if self.secure is not None:  # extra phases before training; the sum replaces the plan's aggregation
+                    configs, intake.aggregation = self.secure.begin(self.plan, round, weights, configs,
+                                                                    self.declared, self._ask(round))
+                self.dispatcher.dispatch("train", weights, configs, self._handler("train", take, intake.rejected, round),
+                                         self.policy.round_timeout)
                 (new_weights, guarded), problem = intake.finish(), None
             except UpdateRejected as exc:
                 new_weights, guarded, problem = None, {}, str(exc)
@@ -150,7 +156,7 @@ class RoundEngine:
                                   "--resume" if self.dispatcher.retries_help else ""))
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
         missing = sorted(set(chosen) - set(intake.accepted) - set(intake.rejected))
-        records = self._records(round, intake, guarded, missing)
+        records = round_records(round, intake, self.plan.round_summary(), guarded, missing)
         self._last_norms = ([*self._last_norms, *(intake.norms[site] for site in sorted(intake.accepted))])[-HISTORY:]
         if self.validate_global:
             self._validate(new_weights, records)
@@ -205,6 +211,15 @@ class RoundEngine:
             problems[site] = "offline or did not answer"
         return dict(sorted(scores.items())), problems
 
+    def _ask(self, round: int) -> Callable[[str, dict[str, Any], Callable[[str, Any], None]], dict[str, str]]:
+        """``ask(task, payloads, use)``: a protocol phase (secure sums); the reasons of sites that failed it."""
+        def ask(task: str, payloads: dict[str, Any], use: Callable[[str, Any], None]) -> dict[str, str]:
+            failures: dict[str, str] = {}
+            self.dispatcher.dispatch(task, None, payloads, self._handler(task, use, failures, round),
+                                     self.policy.round_timeout)
+            return failures
+        return ask
+
     def _handler(self, task: str, use: Callable[[str, Any], None], rejected: dict[str, str],
                  round: int | None = None) -> ReplyHandler:
         """A reply handler: ``use(site, reply)`` takes a reply or raises UpdateRejected; a refused
@@ -220,32 +235,6 @@ class RoundEngine:
             self._audit(task, site, round, reply, meta, verdict)
             return verdict
         return on_reply
-
-    # -- records ---------------------------------------------------------------------------------
-    def _records(self, round: int, intake: RoundIntake, guarded: dict, missing: list[str]) -> list[dict[str, Any]]:
-        summary = self.plan.round_summary()
-        weights = summary.get("aggregation_weights", {})
-        records = []
-        for site in sorted(set(intake.accepted) | set(intake.rejected)):
-            record: dict[str, Any] = {"round": round, "site": site}
-            if site in intake.accepted:
-                record.update({**intake.accepted[site], "round": round, "site": site})
-                if site in weights:
-                    record["aggregation_weight"] = weights[site]
-            else:
-                record["rejected"] = intake.rejected[site]
-            if site in intake.norms:
-                record["update_norm"] = intake.norms[site]
-            if site in guarded.get("clipped", {}):
-                record["clipped"] = True
-            records.append(record)
-        if records:
-            if summary:
-                records[0]["plan"] = summary
-            if missing:
-                records[0]["missing_sites"] = missing
-            records[0].update({key: guarded[key] for key in ("norm_bound", "guard") if key in guarded})
-        return records
 
     def _audit(self, task: str, site: str, round: int | None, reply: Any, meta: dict, verdict: str | None) -> None:
         append_audit(self.run_dir.root / AUDIT_FILE, task, site, round, reply, meta, verdict)

@@ -75,8 +75,9 @@ def check_declaration(reply: Any, agreed: int | None = None) -> dict[str, int]:
     return {split: int(count) for split, count in reply.items()}
 
 
-def check_update(update: Any, global_weights: Weights, declared: dict[str, int] | None) -> Update:
-    """``update`` if the coordinator may use it, else UpdateRejected with the reason."""
+def check_update(update: Any, global_weights: Weights | None, declared: dict[str, int] | None) -> Update:
+    """``update`` if the coordinator may use it, else UpdateRejected with the reason. Without
+    ``global_weights`` (a protected update of a secure sum) its weights are the sum's to check."""
     if not isinstance(update, Update):
         raise UpdateRejected(f"expected an update, got {type(update).__name__}")
     if declared is None:
@@ -86,7 +87,8 @@ def check_update(update: Any, global_weights: Weights, declared: dict[str, int] 
         raise UpdateRejected(f"n_samples must be a whole number from 1 to the {declared['train']} training "
                              f"case(s) the site declared, got {shown(n)}")
     check_metrics(update.metrics, TRAIN_METRICS)
-    check_weights(update.weights, global_weights)
+    if global_weights is not None:
+        check_weights(update.weights, global_weights)
     return update
 
 
@@ -168,13 +170,15 @@ class RoundIntake:
     def receive(self, site: str, update: Any) -> str | None:
         if site in self.accepted or site in self.rejected:
             return "a second reply in the same round"
+        protected = getattr(self.aggregation, "protected", False)  # masked or encrypted: no values to see
         try:
-            update = check_update(update, self.global_weights, self.declared.get(site))
+            update = check_update(update, None if protected else self.global_weights, self.declared.get(site))
         except UpdateRejected as exc:
             self.rejected[site] = str(exc)
             return self.rejected[site]
-        self.norms[site] = distance(update.weights, self.global_weights)
-        if self.guard.norm_action == "off":
+        if not protected:
+            self.norms[site] = distance(update.weights, self.global_weights)
+        if self.guard.norm_action == "off" or protected:
             try:
                 self.aggregation.add(site, update)  # the plan checks again (e.g. a site it did not schedule)
             except UpdateRejected as exc:
