@@ -44,6 +44,14 @@ class ArmRunner:
     initial: Weights
     resume: bool = False
     progress: ProgressFactory | None = None
+    he_keys: tuple[bytes, bytes] | None = None
+    """(secret, public) CKKS contexts of a simulated consortium with ``[privacy] homomorphic``."""
+
+    def __post_init__(self) -> None:
+        if self.experiment.privacy.homomorphic and self.he_keys is None:
+            from fedseg.privacy.homomorphic import make_keys
+
+            self.he_keys = make_keys()
 
     def federated(self, make_plan: Callable[[], ComputePlan]) -> dict[str, Model]:
         """FL_global (with ``federation.folds = k > 1``: the ensemble of k federations, each on
@@ -58,7 +66,7 @@ class ArmRunner:
                 name, arm_dir = f"FL_global_fold{fold}", self._arm_dir(f"FL_global_fold{fold}")
                 datasets = {site: data.fold(fold, folds, self.experiment.seed) for site, data in self.datasets.items()}
             apps = self._apps(datasets, arm_dir.root)
-            members.append((self._train(name, make_plan(), apps, arm_dir), apps))
+            members.append((self._train(name, make_plan(), apps, arm_dir, federation=True), apps))
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
         epochs = self.experiment.federation.fine_tune_epochs
         for site in list(self.datasets) if epochs else []:
@@ -89,12 +97,14 @@ class ArmRunner:
         return {"centralized": self._train("centralized", self._single_site_plan(), apps, arm_dir)}
 
     # -------------------------------------------------------------------------------------------
-    def _train(self, name: str, plan: ComputePlan, apps: dict[str, SiteApp], arm_dir: RunDirectory) -> Weights:
+    def _train(self, name: str, plan: ComputePlan, apps: dict[str, SiteApp], arm_dir: RunDirectory,
+               federation: bool = False) -> Weights:
         """Run ``plan`` for its ``total_rounds`` (or reuse the saved model when resuming)."""
         if (saved := self._saved(name)) is not None:
             return saved
         with self.progress(name) if self.progress else nullcontext() as observer:
-            engine = round_engine(self.experiment, plan, InProcessDispatcher(apps), arm_dir, list(apps), observer)
+            engine = round_engine(self.experiment, plan, InProcessDispatcher(apps), arm_dir, list(apps), observer,
+                                  federation, self.he_keys[1] if self.he_keys else None)
             weights = engine.run(self.initial, plan.total_rounds, resume=self.resume)
         return self._save(name, weights)
 
@@ -105,7 +115,8 @@ class ArmRunner:
 
     def _apps(self, datasets: dict[str, SiteDataset], root: Path) -> dict[str, SiteApp]:
         return {name: site_app(self.experiment, data, state_dir=root / "sites" / name,
-                               fault=self.experiment.faults.get(name)) for name, data in datasets.items()}
+                               fault=self.experiment.faults.get(name), he_secret=self.he_keys and self.he_keys[0])
+                for name, data in datasets.items()}
 
     def _arm_dir(self, name: str) -> RunDirectory:
         arm_dir = RunDirectory(self.run_dir.root / "arms" / name)

@@ -19,6 +19,7 @@ from fedseg.experiment import Experiment, parse_experiment
 from fedseg.plans.base import ComputePlan
 from fedseg.runtime.engine import Dispatcher, RoundEngine, RoundObserver
 from fedseg.runtime.run_directory import RunDirectory
+from fedseg.runtime.secure_sum import SecureSum
 from fedseg.runtime.site_app import SiteApp
 from fedseg.tables import read_toml
 from fedseg.types import CaseMetrics, Weights
@@ -44,12 +45,13 @@ def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
 
 
 def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None = None, pseudonyms: bool = False,
-             fault: str | None = None) -> SiteApp:
-    """A site's app: its trainer on ``data``, as every runtime builds it."""
+             fault: str | None = None, he_secret: bytes | None = None) -> SiteApp:
+    """A site's app: its trainer on ``data``, as every runtime builds it (``he_secret``: the
+    site's CKKS key, from its kit or the simulation's keys)."""
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
     trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir)
-    return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault)
+    return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault, he_secret=he_secret)
 
 
 def initial_weights(experiment: Experiment) -> Weights:
@@ -63,11 +65,16 @@ def initial_weights(experiment: Experiment) -> Weights:
 
 
 def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory,
-                 sites: list[str], observer: RoundObserver | None = None) -> RoundEngine:
-    """The round engine with the experiment's round policy, guard and classes."""
+                 sites: list[str], observer: RoundObserver | None = None, federation: bool = False,
+                 he_public: bytes | None = None) -> RoundEngine:
+    """The round engine with the experiment's round policy, guard and classes; for the
+    ``federation`` (not a one-site comparison arm) with the experiment's secure sum, if any
+    (``he_public``: the consortium's public CKKS context)."""
+    privacy = experiment.privacy
+    secure = SecureSum(privacy.secure_sum, privacy.clip, he_public) if federation and privacy.secure_sum else None
     return RoundEngine(plan, dispatcher, run_dir, sites, experiment.deployment, experiment.guard,
                        experiment.federation.validate_global, observer, set(experiment.task.foreground_names),
-                       {spec.name: spec.cases for spec in experiment.sites if spec.cases is not None})
+                       {spec.name: spec.cases for spec in experiment.sites if spec.cases is not None}, secure)
 
 
 def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool, hint: str = "") -> None:

@@ -157,7 +157,7 @@ class RoundEngine:
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
         missing = sorted(set(chosen) - set(intake.accepted) - set(intake.rejected))
         records = round_records(round, intake, self.plan.round_summary(), guarded, missing)
-        self._last_norms = ([*self._last_norms, *(intake.norms[site] for site in sorted(intake.accepted))])[-HISTORY:]
+        self._last_norms = ([*self._last_norms, *(intake.norms[site] for site in sorted(intake.accepted) if site in intake.norms)])[-HISTORY:]
         if self.validate_global:
             self._validate(new_weights, records)
         if records:

@@ -21,10 +21,12 @@ import numpy as np
 
 from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.plans.robust import shrink
+from fedseg.runtime.secure_site import TASKS as SECURE_TASKS
+from fedseg.runtime.secure_site import SecureSite
 from fedseg.seeding import stable_seed
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
-TASKS = ("join", "train", "validate", "evaluate")
+TASKS = ("join", "train", "validate", "evaluate", *SECURE_TASKS)
 FAULTS = ("nan", "random", "scale:K")
 
 
@@ -55,9 +57,12 @@ def check_fault(fault: str | None) -> str | None:
 
 
 class SiteApp:
-    def __init__(self, name: str, trainer: Trainer, pseudonyms: bool = False, fault: str | None = None):
+    def __init__(self, name: str, trainer: Trainer, pseudonyms: bool = False, fault: str | None = None,
+                 he_secret: bytes | None = None):
         self.name, self.trainer, self.pseudonyms, self.fault = name, trainer, pseudonyms, check_fault(fault)
         self.template = trainer.weights()
+        self.secure = SecureSite(name, self.template, he_secret)
+        """The site's side of secure sums (``he_secret``: its CKKS key from the kit, if any)."""
 
     def handle(self, task: str, weights: Any, payload: Any = None) -> Any:
         """The reply to ``task``; UpdateRejected when what arrived cannot be used."""
@@ -65,12 +70,17 @@ class SiteApp:
             return self.trainer.case_counts()
         if task not in TASKS:
             raise UpdateRejected(f"unknown task {str(task)[:40]!r}")
+        if task in SECURE_TASKS:
+            return self.secure.handle(task, payload)
         for member in weights if isinstance(weights, list) else [weights]:
             self.check_model(member)
         if task == "train":
             if not isinstance(payload, RoundConfig):
                 raise UpdateRejected("a training task needs round instructions")
-            return self._misbehave(self.trainer.train(weights, payload), weights, payload)
+            update = self._misbehave(self.trainer.train(weights, payload), weights, payload)
+            if "secure_sum" in payload.extra:
+                return self.secure.protect(update, weights, payload.extra["secure_sum"])
+            return update
         if task == "validate":
             cases = self.trainer.evaluate(weights, "val")
             return {"global_val_dice": mean_dice(cases)} if cases else {}
