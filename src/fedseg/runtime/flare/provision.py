@@ -7,6 +7,12 @@ makes a root CA, signs a certificate per participant and writes the kits. They a
 ``fedseg server``/``site``/``submit`` need no further arguments. The network timings that make
 FLARE tolerate failing sites are written into each kit's local settings when its process starts
 (``settings.py``).
+
+Homomorphic encryption (``[privacy] homomorphic = true`` in ``PROJECT.toml``): provisioning also
+makes one CKKS key (``privacy.homomorphic.make_keys``) and writes the secret context into every
+site kit (``he_secret.tenseal``, owner-readable only) and only the public context, which can add
+ciphertexts but not decrypt them, into the coordinator's kit (``he_public.tenseal``); admin kits get
+neither. ``load_he_context`` reads them back and refuses a coordinator kit holding the secret key.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from fedseg.errors import UserError
 from fedseg.tables import read_toml
 
 KIT_FILE = "fedseg.json"
+HE_SECRET_FILE = "he_secret.tenseal"
+HE_PUBLIC_FILE = "he_public.tenseal"
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,15 @@ class Project:
     admins: dict[str, str]
     """Admin e-mail -> organisation."""
     network: Network = field(default_factory=Network)
+    homomorphic: bool = False
+    """Write CKKS keys into the kits: the secret context to the sites, the public one to the coordinator."""
 
 
 def load_project(path: Path) -> Project:
     """Read and check ``PROJECT.toml``; every error names the file and the key."""
     data = read_toml(Path(path), "project file")
     where = str(path)
-    _known(data, {"name", "coordinator", "sites", "admins", "network"}, where, "top level")
+    _known(data, {"name", "coordinator", "sites", "admins", "network", "privacy"}, where, "top level")
     coordinator = _table(data, "coordinator", where)
     _known(coordinator, {"host", "fl_port", "admin_port", "org"}, where, "[coordinator]")
     sites = {str(_need(s, "name", where, "[[sites]]")): str(s.get("org", "site")) for s in data.get("sites", [])}
@@ -82,12 +92,16 @@ def load_project(path: Path) -> Project:
         ports = (int(coordinator.get("fl_port", 8002)), int(coordinator.get("admin_port", 8003)))
     except (TypeError, ValueError):
         raise UserError(f"{where}: [coordinator] fl_port and admin_port must be integers") from None
+    privacy = _table(data, "privacy", where, required=False)
+    _known(privacy, {"homomorphic"}, where, "[privacy]")
+    if not isinstance(privacy.get("homomorphic", False), bool):
+        raise UserError(f"{where}: [privacy] homomorphic must be true or false")
     if ports[0] == ports[1]:
         raise UserError(f"{where}: [coordinator] fl_port and admin_port must differ, both are {ports[0]}")
     return Project(name=str(data.get("name", Path(path).stem)), host=str(_need(coordinator, "host", where,
                    "[coordinator]")), fl_port=ports[0], admin_port=ports[1],
                    coordinator_org=str(coordinator.get("org", "coordinator")), sites=sites, admins=admins,
-                   network=Network(**network))
+                   network=Network(**network), homomorphic=privacy.get("homomorphic", False))
 
 
 def provision(project: Project, out: Path) -> dict[str, Path]:
@@ -119,7 +133,41 @@ def provision(project: Project, out: Path) -> dict[str, Path]:
                     "network": project.network.__dict__}
             (kit / KIT_FILE).write_text(json.dumps(info, indent=2) + "\n")
             kits[kit_name] = kit
+    if project.homomorphic:
+        _write_he_keys(kits["coordinator"], [kits[site] for site in project.sites])
     return kits
+
+
+def load_he_context(kit_dir: Path, secret: bool) -> bytes:
+    """The serialized CKKS context in a kit: the secret one (a site's) or the public one (the
+    coordinator's, which must not hold the secret key)."""
+    from fedseg.privacy.homomorphic import HEError, is_secret
+
+    path = Path(kit_dir) / (HE_SECRET_FILE if secret else HE_PUBLIC_FILE)
+    if not path.is_file():
+        raise UserError(f"{kit_dir} has no {path.name}: homomorphic encryption needs keys made at provisioning; "
+                        "add [privacy] homomorphic = true to PROJECT.toml, provision again (fedseg provision) "
+                        "and hand out the new kits to every site and the coordinator")
+    context = path.read_bytes()
+    try:
+        holds_secret = is_secret(context)
+    except HEError as error:
+        raise UserError(f"{path} is damaged or not fedseg's ({error}); provision the kits again") from None
+    if holds_secret != secret:
+        raise UserError(f"{path} holds the secret key; the coordinator must never have it: provision again and "
+                        "delete this file" if holds_secret else f"{path} holds no secret key; provision again")
+    return context
+
+
+def _write_he_keys(coordinator: Path, sites: list[Path]) -> None:
+    from fedseg.privacy.homomorphic import make_keys
+
+    secret, public = make_keys()
+    (coordinator / HE_PUBLIC_FILE).write_bytes(public)
+    for kit in sites:
+        path = kit / HE_SECRET_FILE
+        path.touch(mode=0o600)
+        path.write_bytes(secret)
 
 
 @dataclass(frozen=True)
