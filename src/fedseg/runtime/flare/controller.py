@@ -72,7 +72,7 @@ class FlareController(ModelController):
         targets = [site for site in payloads if site in self.available()]
         if not targets:
             return
-        meta = {"configs": {site: wire.round_config_to_wire(c) for site, c in payloads.items()}} if task == "train" else {}
+        meta = wire.payloads_to_wire(task, {site: payloads[site] for site in targets})
         lock, answered, all_in = threading.Lock(), set(), threading.Event()
 
         def callback(model: FLModel) -> bool:

@@ -49,9 +49,7 @@ class FlareSiteExecutor(Executor):
         try:
             app = self._site_app(site, fl_ctx)
             model = FLModelUtils.from_shareable(shareable)
-            payload = None
-            if task_name == "train":
-                payload = wire.round_config_from_wire(model.meta["configs"][site])
+            payload = wire.payload_from_wire(task_name, model.meta, site)
             reply = app.handle(task_name, None if task_name == "join" else dict(model.params or {}), payload)
             return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
         except (UserError, ValueError, KeyError, TypeError) as exc:

@@ -31,8 +31,30 @@ def weights_model(weights: Weights, round: int | None = None, meta: dict[str, An
     return FLModel(params_type=ParamsType.FULL, params=dict(weights), current_round=round, meta=meta or {})
 
 
+PROTOCOL_TASKS = ("sa_keys", "sa_share", "sa_unmask")
+"""Phases of a secure sum whose replies are tables of bytes (keys, encrypted or revealed shares)."""
+
+
+def payloads_to_wire(task: str, payloads: dict[str, Any]) -> dict[str, Any]:
+    """The meta of a task's message: each site's instructions (all sites see all of them: nothing
+    in them is secret, encrypted shares are readable by their addressee only)."""
+    if task == "train":
+        return {"configs": {site: round_config_to_wire(c) for site, c in payloads.items()}}
+    return {"payloads": dict(payloads)} if any(p is not None for p in payloads.values()) else {}
+
+
+def payload_from_wire(task: str, meta: dict[str, Any], site: str) -> Any:
+    if task == "train":
+        return round_config_from_wire(meta["configs"][site])
+    return meta.get("payloads", {}).get(site)
+
+
 def reply_to_wire(task: str, reply: Any) -> FLModel:
     """A site app's reply to ``task`` as an FLModel."""
+    if task in PROTOCOL_TASKS:
+        return FLModel(metrics={"entries": float(len(reply))}, meta={"reply": dict(reply)})
+    if task == "he_decrypt":
+        return FLModel(params_type=ParamsType.FULL, params=dict(reply))
     if task == "train":
         return FLModel(params_type=ParamsType.FULL, params=dict(reply.weights),
                        metrics={k: float(v) for k, v in reply.metrics.items()}, meta={"n_samples": reply.n_samples})
@@ -47,6 +69,13 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
 def reply_from_wire(task: str, model: FLModel) -> Any:
     """The reply to ``task`` that ``model`` carries; ValueError/TypeError/KeyError when it does not fit."""
     meta = model.meta if isinstance(model.meta, dict) else {}
+    if task in PROTOCOL_TASKS:
+        reply = _table(meta["reply"])
+        if not all(isinstance(v, bytes) for v in reply.values()):
+            raise ValueError("a secure-sum reply must be a table of bytes")
+        return reply
+    if task == "he_decrypt":
+        return _table(model.params)
     if task == "train":
         params = model.params
         if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
