@@ -140,7 +140,8 @@ def main() -> None:
         show("FLARE", flare)
         print(f"{'':7s} of which ciphertexts {flare['vectors_mb']:.1f} MB, contexts sent with each layer "
               f"{flare['upload_mb'] - flare['vectors_mb']:.1f} MB")
-        print(f"fedseg / FLARE side by side: round {sum(result[k] for k in ('encrypt_s', 'add_s', 'decrypt_s')) / sum(flare[k] for k in ('encrypt_s', 'add_s', 'decrypt_s')):.3f}, "
+        steps = ("encrypt_s", "add_s", "decrypt_s")
+        print(f"fedseg / FLARE side by side: round {sum(result[k] for k in steps) / sum(flare[k] for k in steps):.3f}, "
               f"upload {result['upload_mb'] / flare['upload_mb']:.3f}")
 
 

@@ -145,7 +145,7 @@ def load_he_context(kit_dir: Path, secret: bool) -> bytes:
 
     path = Path(kit_dir) / (HE_SECRET_FILE if secret else HE_PUBLIC_FILE)
     if not path.is_file():
-        raise UserError(f"{kit_dir} has no {path.name}: homomorphic encryption needs keys made at provisioning; "
+        raise UserError(f"{kit_dir} has no {path.name}: homomorphic encryption needs keys from provisioning; "
                         "add [privacy] homomorphic = true to PROJECT.toml, provision again (fedseg provision) "
                         "and hand out the new kits to every site and the coordinator")
     context = path.read_bytes()
