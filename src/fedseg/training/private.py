@@ -1,0 +1,256 @@
+"""Sample-level differential privacy at one site: DP-SGD (Abadi et al. 2016) with Opacus, where the
+privacy unit is a case (a patient), never a patch.
+
+How a step treats a case:
+- **Sampling.** Each training case is in a step's batch independently with probability
+  ``q = batch_size / n_train`` (Poisson sampling, as Opacus's DPDataLoader), so batches vary in size
+  and may be empty; an epoch is ``ceil(1 / q)`` steps. The accountant assumes exactly this.
+- **Patches and augmentation.** A sampled case is augmented and cut into its
+  ``patches_per_case`` patches as in non-private training. That is a random function of the one
+  case already in the batch: it changes what the case contributes, never which cases contribute.
+- **One gradient per case.** Opacus's GradSampleModule gives every patch's gradient; the ``k``
+  patches of a case are summed into the case's gradient (the gradient of the sum of its patches'
+  losses), and Opacus's DPOptimizer clips each case's gradient to ``max_grad_norm``, adds Gaussian
+  noise of standard deviation ``noise_multiplier * max_grad_norm`` to the sum and divides by the
+  expected batch size. FedProx's proximal term and Adam's moments act on the noisy gradient: they
+  do not read the data (post-processing).
+- **Budget.** The noise multiplier is chosen before training so that the whole run (``trainings``
+  rounds of the configured epochs or steps, plus the fine-tuning epochs) spends ``(epsilon, delta)``.
+  The site's ledger counts the steps it has released; it refuses to train past the budget.
+- **Secret randomness.** Sampling, augmentation, dropout and noise are drawn from a per-site secret
+  (``os.urandom``, kept in ``state_dir``) mixed with a digest of the request (round, seed, steps,
+  proximal weight, incoming weights). The coordinator, which chooses the round seed, cannot predict
+  the noise. The same request gives the same update (a resumed run is bit-identical), so answering
+  it again releases nothing new and is counted once; a different request is a new release, counted.
+- Not covered by the guarantee: the training loss (not reported under DP), validation and test
+  scores (of cases that are not trained on), and timing.
+
+Opacus and fedseg's networks (checked by ``tests/test_private_training.py``): MONAI's ``UNet``
+(convolutions, transposed convolutions, PReLU, instance norm without affine parameters, residual
+units) and ``BasicUNet`` (convolutions, transposed-convolution up-sampling) work in 2D and 3D:
+Opacus has grad samplers for convolutions and norms and computes the rest (PReLU, transposed
+convolutions) with functorch; per-case gradients equal per-case backward passes. ``SegResNet``
+does not: its residual blocks add in place onto a layer's output (``x += identity``), which
+Opacus's backward hooks refuse ("a view ... is being modified inplace") - the failure reported
+for MONAI's 3D networks in Opacus issue #671; fedseg refuses it and names UNet or BasicUNet.
+Batch norm mixes the cases of a batch (refused by ``PrivacyConfig.check_with``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import list_data_collate
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from fedseg.data.dataset import SiteDataset
+from fedseg.errors import UserError
+from fedseg.files import write_text_atomic
+from fedseg.models.registry import ModelConfig
+from fedseg.privacy.accounting import epsilon_spent, noise_multiplier
+from fedseg.privacy.config import PrivacyConfig
+from fedseg.training.config import TrainingConfig
+from fedseg.types import RoundConfig
+
+LEDGER = "dp_ledger.json"
+SECRET = "dp_secret"
+SUPPORTED_NETWORKS = ("UNet", "BasicUNet")
+
+
+class BudgetExhausted(UserError):
+    """A site was asked to train past its privacy budget."""
+
+
+class PrivateTraining:
+    """DP-SGD for one site's network: the noise multiplier, the ledger, and the private steps."""
+
+    def __init__(self, site: str, network: torch.nn.Module, data: SiteDataset, model: ModelConfig,
+                 training: TrainingConfig, privacy: PrivacyConfig, trainings: int, fine_tune_epochs: int,
+                 state_dir: Path | None):
+        if model.name not in SUPPORTED_NETWORKS:
+            raise UserError(f"privacy.dp = \"sample\" cannot train {model.name}: its residual blocks add in place "
+                            "onto a layer's output, which Opacus's per-case gradients cannot follow (Opacus issue "
+                            f"#671); set [model] name = \"UNet\" or \"BasicUNet\"")
+        n = data.n_train
+        if privacy.delta >= 1 / n:
+            raise UserError(f"site {site}: privacy.delta = {privacy.delta:g} must be below 1 / (its {n} training "
+                            f"cases) = {1 / n:.3g}, or one case could be released whole: set privacy.delta to at "
+                            f"most {_below(1 / n):g}")
+        self.site, self.network, self.data, self.training, self.privacy = site, network, data, training, privacy
+        self.state_dir = state_dir
+        self.sample_rate = min(1.0, training.batch_size / n)
+        self.steps_per_epoch = math.ceil(1 / self.sample_rate)
+        self.expected_batch = max(1, round(self.sample_rate * n))
+        self.patches = data.preprocessing.patches_per_case if data.preprocessing.patch_size is not None else 1
+        self.budget = trainings * self.steps_of(RoundConfig(round=0, seed=0)) + fine_tune_epochs * self.steps_per_epoch
+        self._header = {"site": site, "epsilon": privacy.epsilon, "delta": privacy.delta, "sample_rate": self.sample_rate,
+                        "accountant": privacy.accountant, "budget_steps": self.budget}
+        self.releases, sigma = self._load_ledger()
+        if sigma is None:
+            try:
+                sigma = noise_multiplier(privacy.epsilon, privacy.delta, self.sample_rate, self.budget,
+                                         privacy.accountant)
+            except ValueError as exc:
+                raise UserError(f"site {site}: {exc}") from None
+        self.noise_multiplier = sigma
+        self.secret = _site_secret(state_dir)
+        try:
+            self._hooks = GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)
+        except NotImplementedError as exc:
+            raise UserError(f"privacy.dp = \"sample\" cannot train this network: {exc}") from None
+
+    def steps_of(self, config: RoundConfig) -> int:
+        """DP-SGD steps of a round: its steps, or its epochs of ``ceil(1 / q)`` steps (else the training config's)."""
+        steps, epochs = config.local_steps, config.local_epochs
+        if steps is None and epochs is None:
+            steps, epochs = self.training.local_steps, self.training.local_epochs
+        return steps if steps is not None else epochs * self.steps_per_epoch
+
+    @property
+    def steps_spent(self) -> int:
+        return sum(self.releases.values())
+
+    def epsilon(self) -> float:
+        """The epsilon this site has spent (at the configured delta)."""
+        steps = self.steps_spent
+        return 0.0 if steps == 0 else epsilon_spent(self.noise_multiplier, self.sample_rate, steps,
+                                                    self.privacy.delta, self.privacy.accountant)
+
+    def train(self, what: str, config: RoundConfig, optimizer: torch.optim.Optimizer,
+              batch_loss: Callable[[dict], torch.Tensor], mu: float, anchor: list[torch.Tensor] | None) -> dict:
+        """One round (``what``: ``round`` or ``fine_tune``) of DP-SGD from the network's current weights;
+        the metrics ``steps`` and ``epsilon`` (spent so far, this round included)."""
+        steps = self.steps_of(config)
+        digest = self._digest(what, config, steps, mu)
+        key = f"{what} {config.round} {digest[:16]}"
+        before = self.steps_spent - self.releases.get(key, 0)
+        if before + steps > self.budget:
+            raise BudgetExhausted(
+                f"site {self.site}: {what} {config.round} needs {steps} DP-SGD steps but {self.budget - before} of the "
+                f"{self.budget} steps that privacy.epsilon = {self.privacy.epsilon:g} allows remain: the site does not "
+                "train past its privacy budget (train no more rounds, local epochs or steps than the experiment "
+                "declared, or start a new run with a new budget)")
+        seeds = {name: self._seed(digest, name) for name in ("sampling", "augment", "dropout", "noise")}
+        device = next(self.network.parameters()).device
+        sampler = torch.Generator().manual_seed(seeds["sampling"])
+        noise = torch.Generator(device=device).manual_seed(seeds["noise"])
+        torch.manual_seed(seeds["dropout"])
+        cases = self.data.train_loader(1, seeds["augment"]).dataset  # the augmentation, seeded from the secret
+        private = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
+                              max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.expected_batch,
+                              loss_reduction="mean", generator=noise)
+        for _ in range(steps):
+            chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
+            batch = list_data_collate([cases[int(i)] for i in chosen]) if len(chosen) else None
+            private_step(self.network, private, batch_loss, batch, len(chosen), mu, anchor)
+        self.releases[key] = steps
+        self._save_ledger()
+        return {"steps": float(steps), "epsilon": self.epsilon()}
+
+    def _digest(self, what: str, config: RoundConfig, steps: int, mu: float) -> str:
+        h = hashlib.sha256(json.dumps([what, config.round, config.seed, steps, mu]).encode())
+        for name, value in self.network.state_dict().items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(value.detach().cpu().numpy()).tobytes())
+        return h.hexdigest()
+
+    def _seed(self, digest: str, purpose: str) -> int:
+        mac = hmac.new(self.secret, f"{digest} {purpose}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(mac[:8], "big") >> 1  # 63 bits: every torch generator accepts it
+
+    def _load_ledger(self) -> tuple[dict[str, int], float | None]:
+        path = None if self.state_dir is None else self.state_dir / LEDGER
+        if path is None or not path.exists():
+            return {}, None
+        try:
+            saved = json.loads(path.read_text())
+            releases, sigma = saved["releases"], saved["noise_multiplier"]
+            good = (isinstance(releases, dict) and all(isinstance(k, str) and type(v) is int and v >= 0
+                                                       for k, v in releases.items())
+                    and isinstance(sigma, float) and math.isfinite(sigma) and sigma > 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            good = False
+        if not good:
+            raise UserError(f"{path}: this site's privacy ledger is damaged; it records the privacy the site has spent, "
+                            "so training cannot go on without it: restore it, or start a new run (a new --out)")
+        if {k: saved.get(k) for k in self._header} != self._header:
+            raise UserError(f"{path} was written for other privacy settings ({_shown(saved, self._header)}); the "
+                            "privacy this site spent cannot be carried over: resume with the same experiment, or "
+                            "start a new run (a new --out)")
+        return releases, sigma
+
+    def _save_ledger(self) -> None:
+        if self.state_dir is not None:
+            ledger = {**self._header, "noise_multiplier": self.noise_multiplier, "releases": self.releases}
+            write_text_atomic(self.state_dir / LEDGER, json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def private_step(network: torch.nn.Module, optimizer: DPOptimizer, batch_loss: Callable[[dict], torch.Tensor],
+                 batch: dict | None, cases: int, mu: float = 0.0, anchor: list[torch.Tensor] | None = None) -> None:
+    """One DP-SGD step on ``cases`` cases (``batch`` holds their patches case by case; None when no
+    case was sampled): per-case gradients, clipped, summed, noised, then the optimizer's step."""
+    params = [p for p in network.parameters() if p.requires_grad]
+    if batch is None:
+        for p in params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+    else:
+        with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients": the image
+            warnings.filterwarnings("ignore", "Full backward hook is firing")
+            batch_loss(batch).backward()
+        for p in params:
+            samples = p.grad_sample
+            if samples.shape[0] % cases:
+                raise ValueError(f"{samples.shape[0]} patches do not split evenly into {cases} cases")
+            p.grad_sample = samples.reshape(cases, samples.shape[0] // cases, *p.shape).sum(dim=1)
+    if optimizer.pre_step():  # clip each case, add the noise, divide by the expected batch size
+        if anchor is not None:  # FedProx's term reads no data: added to the noisy gradient
+            for p, a in zip(network.parameters(), anchor):
+                p.grad = p.grad + mu * (p.detach() - a)
+        optimizer.original_optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _site_secret(state_dir: Path | None) -> bytes:
+    """32 random bytes that never leave the site: in ``state_dir`` (created once, private), or in memory."""
+    if state_dir is None:
+        return os.urandom(32)
+    path = state_dir / SECRET
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{SECRET}.")  # readable by the owner only
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(os.urandom(32).hex())
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)  # never replaces a secret another process wrote first
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    text = path.read_text(errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise UserError(f"{path}: this site's DP secret is damaged; restore it, or start a new run (a new --out)")
+    return bytes.fromhex(text)
+
+
+def _below(limit: float) -> float:
+    """A round value of delta below ``limit`` (e.g. 1e-3 below 1/300)."""
+    return 10 ** math.floor(math.log10(limit) - 1e-12)
+
+
+def _shown(saved: dict, header: dict) -> str:
+    return ", ".join(f"{k} {saved.get(k)!r:.30} here {header[k]!r:.30}" for k in header if saved.get(k) != header[k])
