@@ -21,8 +21,9 @@ from fedseg.data.task import Task
 from fedseg.errors import UserError
 from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
+from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
-from fedseg.training.inference import predict_probabilities
+from fedseg.training.inference import predict_logits, predict_probabilities
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
@@ -39,11 +40,14 @@ class SiteTrainer:
     """Trains and evaluates one network on one site's cached data.
 
     ``state_dir`` is where a site keeps what must survive a restart but never leaves the site:
-    with ``optimizer_state = "keep"``, the optimizer state after each round it trained in.
+    with ``optimizer_state = "keep"``, the optimizer state after each round it trained in; with
+    ``privacy.dp = "sample"``, its privacy ledger and DP secret (``training/private.py``), the budget
+    covering ``dp_trainings`` rounds and ``dp_fine_tune_epochs`` epochs of fine-tuning.
     """
 
     def __init__(self, data: SiteDataset, model: ModelConfig, config: TrainingConfig,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, privacy: PrivacyConfig | None = None, dp_trainings: int = 1,
+                 dp_fine_tune_epochs: int = 0):
         self.data = data
         self.config = config
         self.device = torch.device(config.device)
@@ -52,6 +56,12 @@ class SiteTrainer:
         self.roi_size = data.preprocessing.patch_size
         self.state_dir = state_dir
         self._optimizer: torch.optim.Optimizer | None = None
+        self.private = None
+        if privacy is not None and privacy.dp == "sample":
+            from fedseg.training.private import PrivateTraining  # Opacus: loaded only for DP-SGD
+
+            self.private = PrivateTraining(data.name, self.network, data, model, config, privacy, dp_trainings,
+                                           dp_fine_tune_epochs, state_dir)
 
     @property
     def name(self) -> str:
@@ -80,16 +90,19 @@ class SiteTrainer:
     def fine_tune(self, weights: Weights, epochs: int, seed: int) -> Update:
         """FL_local: ``epochs`` epochs on this site's training data from ``weights``, fresh optimizer."""
         set_weights(self.network, weights)
-        return self._train(RoundConfig(round=0, seed=seed, local_epochs=epochs), self._new_optimizer())
+        return self._train(RoundConfig(round=0, seed=seed, local_epochs=epochs), self._new_optimizer(), "fine_tune")
 
-    def _train(self, config: RoundConfig, optimizer: torch.optim.Optimizer) -> Update:
+    def _train(self, config: RoundConfig, optimizer: torch.optim.Optimizer, what: str = "round") -> Update:
         started = time.perf_counter()
         torch.manual_seed(config.seed)
         self.network.train()
         mu = float(config.extra.get("proximal_mu", 0.0))
         anchor = [p.detach().clone() for p in self.network.parameters()] if mu > 0 else None
-        losses = [self._step(batch, optimizer, mu, anchor) for batch in self._batches(config)]
-        metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
+        if self.private is not None:  # the training loss is a statistic of the cases: not released
+            metrics = self.private.train(what, config, optimizer, self._batch_loss, mu, anchor)
+        else:
+            losses = [self._step(batch, optimizer, mu, anchor) for batch in self._batches(config)]
+            metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
         if self.config.validate_local and self.data.cases["val"]:
             metrics["val_dice"] = mean_dice(self._evaluate_loaded("val", with_distances=False))
         metrics["seconds"] = time.perf_counter() - started
@@ -134,6 +147,18 @@ class SiteTrainer:
         return [self._score(case, prediction, with_distances=split == "test")
                 for case, prediction in zip(cases, predictions)]
 
+    def case_losses(self, weights: Weights, split: str) -> list[float]:
+        """The training loss of each case of ``split`` on the whole preprocessed case, without
+        augmentation (sliding windows of the patch size, as evaluation), for membership inference."""
+        set_weights(self.network, weights)
+        losses = []
+        for case in self.data.cases[split]:
+            logits = predict_logits(self.network, case["image"].to(self.device), self.roi_size,
+                                    self.config.sw_batch_size, self.config.sw_overlap)
+            with torch.no_grad():
+                losses.append(float(self.loss(logits, case["label"][None].to(self.device))))
+        return losses
+
     def predict_case(self, weights: Model, case: str, split: str = "test") -> tuple[np.ndarray, ...]:
         """(image, truth, prediction) of one preprocessed case as arrays, for pictures of results."""
         item = next(c for c in self.data.cases[split] if c["case"] == case)
@@ -172,15 +197,17 @@ class SiteTrainer:
 
     def _step(self, batch: dict, optimizer: torch.optim.Optimizer, mu: float,
               anchor: list[torch.Tensor] | None) -> float:
-        image = _plain(batch["image"]).to(self.device)
-        label = _plain(batch["label"]).to(self.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.network(image), label)
+        loss = self._batch_loss(batch)
         if anchor is not None:  # FedProx (Li et al. 2020): stay near the global model
             loss = loss + mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(self.network.parameters(), anchor))
         loss.backward()
         optimizer.step()
         return float(loss.detach())
+
+    def _batch_loss(self, batch: dict) -> torch.Tensor:
+        image = _plain(batch["image"]).to(self.device)
+        return self.loss(self.network(image), _plain(batch["label"]).to(self.device))
 
     def _evaluate_loaded(self, split: str, with_distances: bool) -> list[CaseMetrics]:
         """The current network on ``split`` (validation during training)."""
