@@ -30,19 +30,22 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def write_project(path: Path, name: str, sites: list[str], ports: list[int], **network) -> Path:
+def write_project(path: Path, name: str, sites: list[str], ports: list[int], homomorphic: bool = False,
+                  **network) -> Path:
     project = {"name": name, "coordinator": {"host": "localhost", "fl_port": ports[0], "admin_port": ports[1]},
                "sites": [{"name": s} for s in sites], "admins": [{"name": "researcher@lab.org"}],
                "network": {"heartbeat_timeout_s": 10.0, "heartbeat_interval_s": 1.0, "dead_site_grace_s": 3.0,
-                           **network}}
+                           **network}, "privacy": {"homomorphic": homomorphic}}
     path.write_text(tomli_w.dumps(project))
     return path
 
 
 class Consortium:
-    def __init__(self, root: Path, sites: dict[str, Path], name: str = "testnet", **network):
+    def __init__(self, root: Path, sites: dict[str, Path], name: str = "testnet", homomorphic: bool = False,
+                 **network):
         self.root, self.sites = root, sites
-        self.project_file = write_project(root / f"{name}.toml", name, sorted(sites), free_ports(2), **network)
+        self.project_file = write_project(root / f"{name}.toml", name, sorted(sites), free_ports(2), homomorphic,
+                                          **network)
         self.kits = provision(load_project(self.project_file), root / f"{name}-kits")
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs = root / "logs"

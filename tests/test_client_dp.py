@@ -7,6 +7,7 @@ import pytest
 from fedseg.plans.client_dp import ClientDP
 from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.fedopt import FedOpt
+from fedseg.privacy import accounting
 from fedseg.privacy.accounting import epsilon_spent
 from fedseg.types import Update
 
@@ -15,7 +16,7 @@ SIZE = 20_000
 
 def plan_with_dp(clip=1.0, epsilon=4.0, rounds=10, cls=FedAvg, **options):
     plan = cls(seed=0, weighted_by="uniform", rounds=rounds, **options)
-    plan.client_dp = ClientDP(clip, epsilon, 1e-3, 1.0, rounds)
+    plan.client_dp = ClientDP(clip, epsilon, 1e-3, 1.0, rounds, accounting)
     return plan
 
 

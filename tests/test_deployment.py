@@ -53,7 +53,7 @@ def experiment_file(workspace):
 @pytest.fixture(scope="module")
 def consortium(workspace):
     sites = {site["name"]: Path(site["path"]) for site in tiny_experiment(workspace)["sites"]}
-    network = Consortium(workspace, sites)
+    network = Consortium(workspace, sites, homomorphic=True)  # kits with CKKS keys: used by the HE run only
     network.start_all()
     yield network
     network.stop()
@@ -229,6 +229,45 @@ def test_a_site_that_scales_its_update_is_rejected_and_the_run_equals_its_simula
     simulated = load_experiment(experiment)
     run_simulation(replace(simulated, faults={"hospital_c": "scale:100"}), workspace / "faulty-simulated")
     assert_same_run(workspace / "faulty-deployed", workspace / "faulty-simulated")
+
+
+@pytest.mark.slow
+def test_secure_aggregation_recovers_a_site_lost_after_masking_and_equals_its_simulation(consortium, experiment_file,
+                                                                                           workspace):
+    """hospital_c masks its update, then drops out (``--fault drop``): the two others' masks are
+    removed with the shares of its secrets, every round, exactly as in the simulation."""
+    privacy = {"privacy": {"secure_aggregation": True}, "guard": {"norm_action": "off"},
+               "deployment": {"min_responses": 2}}
+    consortium.restart_site("hospital_c", fault="drop")
+    try:
+        experiment = experiment_file("masked", rounds=2, **privacy)
+        ended = run_deployed(consortium, experiment, workspace / "masked-deployed")
+        assert ended["state"] == "finished", ended
+    finally:
+        consortium.restart_site("hospital_c")
+    metrics = RunDirectory(workspace / "masked-deployed").read_metrics()
+    assert [m["rejected"] for m in metrics if m["site"] == "hospital_c"] == [
+        "the site dropped out after training (fault injection: 'drop')"] * 2
+    assert all(m["plan"]["secure_sum"] == "masks" for m in metrics if "plan" in m)
+    received = [json.loads(line) for line in (workspace / "masked-deployed" / "received.jsonl").read_text().splitlines()]
+    assert all(set(line["params"]) == {"masked"} for line in received if line["task"] == "train"
+               and line["verdict"] == "accepted")
+    simulated = load_experiment(experiment)
+    run_simulation(replace(simulated, faults={"hospital_c": "drop"}), workspace / "masked-simulated")
+    assert_same_run(workspace / "masked-deployed", workspace / "masked-simulated")
+
+
+@pytest.mark.slow
+def test_homomorphic_encryption_with_keys_from_provisioning_equals_its_simulation(consortium, experiment_file,
+                                                                                  workspace):
+    experiment = experiment_file("encrypted", rounds=2, privacy={"homomorphic": True}, guard={"norm_action": "off"})
+    assert not (consortium.kits["coordinator"] / "he_secret.tenseal").exists()
+    ended = run_deployed(consortium, experiment, workspace / "encrypted-deployed")
+    assert ended["state"] == "finished", ended
+    received = (workspace / "encrypted-deployed" / "received.jsonl").read_text()
+    assert '"ckks/00000"' in received and "he_decrypt" in received
+    run_simulation(load_experiment(experiment), workspace / "encrypted-simulated")
+    assert_same_run(workspace / "encrypted-deployed", workspace / "encrypted-simulated")
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def _deployment_commands(commands) -> None:
                       help="let the coordinator receive this site's job error logs and its admins read the "
                            "site's logs (off by default: log lines may name patients' files)")
     site.add_argument("--fault", metavar="KIND",
-                      help="robustness testing only: this site misbehaves on purpose (nan, random, scale:K) "
+                      help="robustness testing only: this site misbehaves on purpose (nan, random, scale:K, drop) "
                            "so the coordinator's guards can be seen at work")
     site.set_defaults(handler=_site)
 

@@ -27,6 +27,7 @@ from fedseg.report.markdown import write_report
 from fedseg.runtime.flare.controller import FlareController
 from fedseg.runtime.flare.executor import FlareSiteExecutor
 from fedseg.runtime.flare.job import Components
+from fedseg.runtime.flare.provision import load_he_context
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
 from fedseg.study import initial_weights, load_site, prepare_run_dir, round_engine, site_app, write_results
@@ -76,7 +77,9 @@ class Coordinator(FlareController):
         self.run_dir = run_dir  # from here on this job owns the run directory
         rounds = experiment.runtime_rounds
         self.set_state("running", rounds=rounds)
-        engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites])
+        he_public = load_he_context(self.kit(), secret=False) if experiment.privacy.homomorphic else None
+        engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites],
+                              federation=True, he_public=he_public)
         engine.on_round = lambda round, records: self.set_state("running", rounds=rounds, round=round, last=records)
         weights = engine.run(initial_weights(experiment), rounds, resume=resume)
         run_dir.save_model("FL_global", weights)
@@ -85,7 +88,8 @@ class Coordinator(FlareController):
             self.warning(f"no test scores from {sorted(unscored)}: {unscored}; the report leaves them out")
         if not scores:
             raise UserError("no site returned usable test scores; the final model is in the run directory")
-        write_results(run_dir, experiment, {"FL_global": scores}, started, resume, unscored)
+        membership = engine.membership(weights) if experiment.privacy.membership_attack else {}
+        write_results(run_dir, experiment, {"FL_global": scores}, started, resume, unscored, membership)
         write_report(run_dir.root)
 
 
@@ -102,7 +106,8 @@ class Site(FlareSiteExecutor):
             dataset = load_site(parsed, replace(specs[site], path=Path(data)))
         except DataError as exc:
             raise UserError(f"site '{site}': {exc}") from None
-        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault)
+        he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
+        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret)
 
 
 COMPONENTS = Components(controller=f"{__name__}.{Coordinator.__name__}", executor=f"{__name__}.{Site.__name__}")

@@ -26,6 +26,7 @@ from fedseg.plans.base import ComputePlan
 from fedseg.plans.client_dp import ClientDP
 from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.registry import build_plan
+from fedseg.privacy import accounting
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
@@ -78,7 +79,7 @@ class Experiment:
     arms: tuple[str, ...] = ("federated",)
     plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     faults: dict[str, str] = field(default_factory=dict)
-    """Simulation only: sites that misbehave on purpose (``{site = "nan" | "random" | "scale:K"}``)."""
+    """Simulation only: sites that misbehave on purpose (``{site = "nan" | "random" | "scale:K" | "drop"}``)."""
     """``name`` of the compute plan and its plan-specific options (``[plan]`` table)."""
     source: Path | None = field(default=None, compare=False)
 
@@ -236,7 +237,7 @@ def experiment_plan(plan: dict[str, Any], seed: int, site_names: list[str], trai
     if privacy.dp == "client" and isinstance(built, FedAvg):  # the [privacy] check allows averaging plans only
         built.client_dp = ClientDP(privacy.clip, privacy.epsilon, privacy.delta,
                                    built.sampling.count(len(site_names)) / len(site_names), built.total_rounds,
-                                   privacy.accountant)
+                                   accounting, privacy.accountant)
     return built
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,11 +27,22 @@ from fedseg.plans.robust import distance, shrink
 from fedseg.types import Weights
 
 
+class Accounting(Protocol):
+    """The privacy accountant (``fedseg.privacy.accounting``; given by the layer that builds the plan,
+    as plans stay pure numpy)."""
+
+    def noise_multiplier(self, epsilon: float, delta: float, sample_rate: float, steps: int,
+                         accountant: str) -> float: ...
+
+    def epsilon_spent(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                      accountant: str) -> float: ...
+
+
 class ClientDP:
     def __init__(self, clip: float, epsilon: float, delta: float, sample_rate: float, rounds: int,
-                 accountant: str = "rdp"):
+                 accounting: Accounting, accountant: str = "rdp"):
         self.clip, self.epsilon, self.delta = clip, epsilon, delta
-        self.sample_rate, self.rounds, self.accountant = sample_rate, rounds, accountant
+        self.sample_rate, self.rounds, self.accounting, self.accountant = sample_rate, rounds, accounting, accountant
         self.secret = secrets.randbits(63)
         self._sigma: float | None = None
 
@@ -39,15 +50,13 @@ class ClientDP:
     def noise_multiplier(self) -> float:
         """The noise multiplier that spends exactly the budget over the run (computed once)."""
         if self._sigma is None:
-            from fedseg.privacy.accounting import noise_multiplier
-
-            self._sigma = noise_multiplier(self.epsilon, self.delta, self.sample_rate, self.rounds, self.accountant)
+            self._sigma = self.accounting.noise_multiplier(self.epsilon, self.delta, self.sample_rate, self.rounds,
+                                                           self.accountant)
         return self._sigma
 
     def spent(self, rounds_done: int) -> float:
-        from fedseg.privacy.accounting import epsilon_spent
-
-        return epsilon_spent(self.noise_multiplier, self.sample_rate, rounds_done, self.delta, self.accountant)
+        return self.accounting.epsilon_spent(self.noise_multiplier, self.sample_rate, rounds_done, self.delta,
+                                             self.accountant)
 
     def clipped(self, weights: Weights, global_weights: Weights) -> tuple[Weights, bool]:
         """``weights`` moved to within ``clip`` of the global model, and whether it had to move."""

@@ -26,7 +26,7 @@ from fedseg.errors import UserError
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.checks import UpdateRejected
 from fedseg.runtime.audit import AUDIT_FILE, append_audit
-from fedseg.runtime.intake import (VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
+from fedseg.runtime.intake import (MEMBERSHIP_METRICS, VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
                                    check_metrics)
 from fedseg.runtime.records import round_records
 from fedseg.runtime.round_policy import RoundPolicy
@@ -219,6 +219,15 @@ class RoundEngine:
                                      self.policy.round_timeout)
             return failures
         return ask
+
+    def membership(self, weights: Weights) -> dict[str, dict[str, float]]:
+        """Each available site's membership-inference attack on ``weights`` (its AUC and case counts)."""
+        found: dict[str, dict[str, float]] = {}
+        self.dispatcher.dispatch("membership", weights, {site: None for site in self.sites if site in
+                                                         self.dispatcher.available()},
+                                 self._handler("membership", lambda site, reply: found.__setitem__(
+                                     site, check_metrics(reply, MEMBERSHIP_METRICS)), {}), self.policy.round_timeout)
+        return dict(sorted(found.items()))
 
     def _handler(self, task: str, use: Callable[[str, Any], None], rejected: dict[str, str],
                  round: int | None = None) -> ReplyHandler:

@@ -36,7 +36,9 @@ TRAIN_METRICS: dict[str, tuple[float, float]] = {
     "epsilon": NONNEGATIVE}
 """The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN)."""
 VALIDATE_METRICS = {"global_val_dice": UNIT}
-NAN_ALLOWED = {"val_dice", "global_val_dice"}
+MEMBERSHIP_METRICS = {"membership_auc": UNIT, "train_cases": NONNEGATIVE, "test_cases": NONNEGATIVE}
+"""A site's result of the membership-inference attack on the final model (``privacy.membership``)."""
+NAN_ALLOWED = {"val_dice", "global_val_dice", "membership_auc"}
 """Dice of a site's validation cases is NaN when no case holds a scored class; other metrics are numbers."""
 SPLITS = ("train", "val", "test")
 NORM_ACTIONS = ("reject", "clip", "off")

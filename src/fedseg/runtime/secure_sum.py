@@ -86,6 +86,7 @@ class SecureSum:
                                 "metric_floor": plan.weighting.metric_floor, "divisor": divisor, "clip": self.clip}
         received: dict[str, dict[str, bytes]] = {site: {} for site in sites}
         keys: dict[str, dict[str, bytes]] = {}
+        shared: set[str] = set()
         threshold = 0
         if self.kind == "masks":
             from fedseg.privacy.secagg import default_threshold
@@ -102,11 +103,12 @@ class SecureSum:
                     raise UpdateRejected("the encrypted shares must be addressed to sites that sent keys")
                 for peer, ciphertext in reply.items():
                     received[peer][site] = ciphertext
+                shared.add(site)
 
             ask("sa_share", {site: {"context": context, "keys": keys, "threshold": threshold} for site in keys}, route)
         out = {site: RoundConfig(c.round, c.seed, c.local_epochs, c.local_steps,
                                  {**c.extra, "secure_sum": {**spec, "received": received[site]}})
-               for site, c in configs.items() if self.kind == "ckks" or site in keys}
+               for site, c in configs.items() if self.kind == "ckks" or site in shared}  # others: not unmaskable
         return out, SecureRound(self, plan, round, global_weights, context, keys, threshold, divisor, ask)
 
 

@@ -9,8 +9,9 @@ sorted test split (``<site>-case-007``), never file names, which may carry patie
 
 ``fault`` makes the site misbehave on purpose, for robustness studies and the tests of the
 coordinator's guards: ``nan`` (a NaN in its update), ``random`` (random weights of the right
-shapes), ``scale:K`` (its change to the global model multiplied by K). It is a site-side setting
-only: nothing the coordinator sends can switch it on.
+shapes), ``scale:K`` (its change to the global model multiplied by K), ``drop`` (it trains, masks
+or encrypts its update, then drops out before sending it: the case secure aggregation must
+recover from). It is a site-side setting only: nothing the coordinator sends can switch it on.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from fedseg.runtime.secure_site import SecureSite
 from fedseg.seeding import stable_seed
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights, mean_dice
 
-TASKS = ("join", "train", "validate", "evaluate", *SECURE_TASKS)
-FAULTS = ("nan", "random", "scale:K")
+TASKS = ("join", "train", "validate", "evaluate", "membership", *SECURE_TASKS)
+FAULTS = ("nan", "random", "scale:K", "drop")
 
 
 class Trainer(Protocol):
@@ -37,6 +38,8 @@ class Trainer(Protocol):
 
     def evaluate(self, weights: Any, split: str = "test") -> list[CaseMetrics]: ...
 
+    def case_losses(self, weights: Weights, split: str) -> list[float]: ...
+
     def case_counts(self) -> dict[str, int]: ...
 
     def weights(self) -> Weights: ...
@@ -44,7 +47,7 @@ class Trainer(Protocol):
 
 def check_fault(fault: str | None) -> str | None:
     """``fault`` if it is one of FAULTS (``scale:K`` with a finite K), else ValueError."""
-    if fault is None or fault in ("nan", "random"):
+    if fault is None or fault in ("nan", "random", "drop"):
         return fault
     kind, _, factor = fault.partition(":")
     try:
@@ -52,7 +55,7 @@ def check_fault(fault: str | None) -> str | None:
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"fault must be one of nan, random, scale:K (e.g. scale:100), got {fault!r}")
+        raise ValueError(f"fault must be one of nan, random, scale:K (e.g. scale:100), drop, got {fault!r}")
     return fault
 
 
@@ -79,13 +82,26 @@ class SiteApp:
                 raise UpdateRejected("a training task needs round instructions")
             update = self._misbehave(self.trainer.train(weights, payload), weights, payload)
             if "secure_sum" in payload.extra:
-                return self.secure.protect(update, weights, payload.extra["secure_sum"])
+                update = self.secure.protect(update, weights, payload.extra["secure_sum"])
+            if self.fault == "drop":
+                raise UpdateRejected("the site dropped out after training (fault injection: 'drop')")
             return update
         if task == "validate":
             cases = self.trainer.evaluate(weights, "val")
             return {"global_val_dice": mean_dice(cases)} if cases else {}
+        if task == "membership":
+            return self._membership(weights)
         cases = self.trainer.evaluate(weights, "test")
         return pseudonymous(self.name, cases) if self.pseudonyms else cases
+
+    def _membership(self, weights: Weights) -> dict[str, float]:
+        """The loss-threshold attack on this site's training vs test cases: one AUC leaves the site,
+        no case's loss."""
+        from fedseg.privacy.membership import attack_auc
+
+        members, others = self.trainer.case_losses(weights, "train"), self.trainer.case_losses(weights, "test")
+        auc = attack_auc(members, others) if members and others else float("nan")
+        return {"membership_auc": auc, "train_cases": float(len(members)), "test_cases": float(len(others))}
 
     def check_model(self, weights: Any) -> None:
         """The global model fits this site's network and is finite."""
@@ -94,7 +110,7 @@ class SiteApp:
         check_weights(weights, self.template, "global model")
 
     def _misbehave(self, update: Update, global_weights: Weights, config: RoundConfig) -> Update:
-        if self.fault is None:
+        if self.fault in (None, "drop"):
             return update
         weights = {key: np.array(value) for key, value in update.weights.items()}
         floats = [key for key, value in weights.items() if np.issubdtype(value.dtype, np.floating)]

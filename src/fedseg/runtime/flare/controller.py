@@ -107,8 +107,12 @@ class FlareController(ModelController):
             time.sleep(1.0)
 
     # -- the run directory -------------------------------------------------------------------------
+    def kit(self) -> Path:
+        """The coordinator's kit (FLARE's workspace root): its keys and default runs folder."""
+        return Path(self.engine.get_workspace().get_root_dir())
+
     def runs_root(self) -> Path:
-        return Path(os.environ.get(RUNS_ENV) or Path(self.engine.get_workspace().get_root_dir()) / "runs")
+        return Path(os.environ.get(RUNS_ENV) or self.kit() / "runs")
 
     def resuming(self, run_dir: RunDirectory) -> bool:
         """Resume when asked to, or when this very job was interrupted (coordinator restart)."""

@@ -36,6 +36,7 @@ class FlareSiteExecutor(Executor):
         self.experiment = experiment
         self.run_name = run_name
         self._app: SiteApp | None = None
+        self.kit = Path()
 
     def make_site_app(self, site: str, data: Path, state_dir: Path, fault: str | None) -> SiteApp:
         """The site app for ``site`` on its local ``data`` folder (built by the layer above)."""
@@ -64,6 +65,7 @@ class FlareSiteExecutor(Executor):
                 raise UserError(f"no data folder: start the site with 'fedseg site KIT --data FOLDER' "
                                 f"({DATA_ENV} is not set)")
             run = safe_name(self.run_name, "the job's run name")  # the job is not trusted to name a folder
-            state_dir = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / "fedseg-state" / run / site
+            self.kit = Path(fl_ctx.get_engine().get_workspace().get_root_dir())  # the site's kit: its keys
+            state_dir = self.kit / "fedseg-state" / run / site
             self._app = self.make_site_app(site, Path(data), state_dir, os.environ.get(FAULT_ENV) or None)
         return self._app

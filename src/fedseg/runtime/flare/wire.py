@@ -63,6 +63,8 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
         return FLModel(metrics={"cases": float(sum(reply.values()))}, meta={"declared": dict(reply)})
     if task == "validate":
         return FLModel(metrics={k: float(v) for k, v in reply.items()} or {"no_val_cases": 1.0})
+    if task == "membership":
+        return FLModel(metrics={k: float(v) for k, v in reply.items()})
     return FLModel(metrics={"test_cases": len(reply)}, meta={"cases": [c.as_dict() for c in reply]})
 
 
@@ -88,6 +90,8 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
         return {} if metrics == {"no_val_cases": 1.0} else metrics
     if task == "evaluate":
         return cases_from_wire(meta["cases"])
+    if task == "membership":
+        return _table(model.metrics)
     raise ValueError(f"unknown task {task!r}")
 
 
