@@ -18,8 +18,9 @@ from fedseg.report.cross_site_figures import dice_boxplot, dice_heatmap
 from fedseg.report.curves import learning_curves
 from fedseg.report.figures import figure_path, inside
 from fedseg.report.html import write_html
+from fedseg.report.privacy import epsilon_figure, privacy_section
 from fedseg.report.protocol import protocol, timing
-from fedseg.report.run_inputs import RunInputs, read_run
+from fedseg.report.run_inputs import FEDERATED, RunInputs, read_run
 
 
 def write_report(root: Path) -> Path:
@@ -43,6 +44,7 @@ def write_report(root: Path) -> Path:
         "training on patches) and averaged over foreground classes; the table gives mean ± sd over cases.",
         "",
         *sections.rejections(results),
+        *_privacy(run, figures),
         *_cross_site(run, figures),
         *_examples(run, figures),
         *_learning_curves(run, figures),
@@ -83,6 +85,13 @@ def _cross_site(run: RunInputs, figures: list[Path]) -> list[str]:
     if run.results.get("comparisons"):
         lines += ["## Statistics", "", *sections.statistics(run.results["comparisons"])]
     return [*lines, "## Failures", "", *sections.failure_lines(failures(run.records))]
+
+
+def _privacy(run: RunInputs, figures: list[Path]) -> list[str]:
+    """Mechanisms, epsilon per site and attack AUC, and the figure of epsilon per round (``privacy``)."""
+    records = run.runs.get(FEDERATED, [])
+    path = epsilon_figure(run.results, records, figure_path(run.root / "figures", "privacy_epsilon"))
+    return privacy_section(run.results, records, _figure(run, figures, path, "epsilon spent per round") if path else [])
 
 
 def _learning_curves(run: RunInputs, figures: list[Path]) -> list[str]:
