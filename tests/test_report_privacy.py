@@ -108,6 +108,7 @@ def test_client_dp_shows_the_federations_epsilon_and_its_rounds():
     text = "\n".join(lines)
     assert "| a | 2.50 / 8 | 1e-05 | 0.520 | 10 / 4 |" in text and "| b | 2.50 / 8 |" in text
     assert "(federation)" in text and "clipped to L2 norm 0.5" in text and "PRV accountant" in text
+    assert "to their mean (noise multiplier 0.93); the privacy unit is a whole site" in text
     assert "![epsilon](figures/privacy_epsilon.png)" in text
     assert epsilon_per_round(records) == ({}, [(1, 0.5), (2, 1.5), (3, 2.5)])
 
@@ -116,7 +117,9 @@ def test_numbers_that_are_not_numbers_in_range_are_shown_as_invalid():
     results = {"privacy": privacy(["a", "b", "c"], epsilon={"a": "1e9", "b": float("inf"), "c": -1.0},
                                   auc={"a": 7.0, "b": None, "c": True})}
     results["privacy"]["membership_cases"] = {"a": [1, "x"], "b": [1, 2, 3], "c": [True, 4]}
+    results["privacy"]["dp"] = {**SAMPLE_DP, "noise_multiplier": None}  # not known: not shown
     text = "\n".join(privacy_section(results, []))
+    assert "noise multiplier" not in text and "Gaussian noise); the privacy unit is one case" in text
     assert "| a | invalid / 8 | 1e-05 | invalid | invalid |" in text
     assert "| b | ∞ / 8 | 1e-05 | n/a | invalid |" in text
     assert "| c | invalid / 8 | 1e-05 | invalid | invalid |" in text

@@ -65,15 +65,17 @@ def _mechanisms(mechanisms: list, dp: dict | None) -> list[str]:
 
 def _dp_settings(dp: dict) -> str:
     target = f"(ε = {_value(dp.get('target_epsilon'), 'g')}, δ = {_value(dp.get('delta'), 'g')})"
-    sigma = f"noise multiplier {_value(dp.get('noise_multiplier'), '.4g')}"
+    sigma = None if dp.get("noise_multiplier") is None else f"noise multiplier {_value(dp['noise_multiplier'], '.4g')}"
     accountant = f"the {markdown_text(str(dp.get('accountant', '?')).upper())} accountant"
     if dp["mode"] == "sample":
         return (f"Sample-level DP: each site trains with DP-SGD (each case's gradient clipped to L2 norm "
-                f"{_value(dp.get('max_grad_norm'), 'g')}, Gaussian noise, {sigma}); the privacy unit is one case "
-                f"(a patient), and each site may spend at most {target} over the whole run, counted by {accountant}.")
+                f"{_value(dp.get('max_grad_norm'), 'g')}, Gaussian noise{f', {sigma}' if sigma else ''}); the privacy "
+                f"unit is one case (a patient), and each site may spend at most {target} over the whole run, counted "
+                f"by {accountant}.")
     return (f"Client-level DP: each site's change to the global model is clipped to L2 norm "
-            f"{_value(dp.get('clip'), 'g')} and the coordinator adds Gaussian noise to their mean ({sigma}); the "
-            f"privacy unit is a whole site, and the federation may spend at most {target}, counted by {accountant}.")
+            f"{_value(dp.get('clip'), 'g')} and the coordinator adds Gaussian noise to their mean"
+            f"{f' ({sigma})' if sigma else ''}; the privacy unit is a whole site, and the federation may spend at "
+            f"most {target}, counted by {accountant}.")
 
 
 def _site_table(privacy: dict, dp: dict | None) -> str | None:
