@@ -56,7 +56,7 @@ def _mechanisms(mechanisms: list, dp: dict | None) -> list[str]:
     if not mechanisms and dp is None:
         return ["No privacy mechanism beyond federated learning itself protected this run: weights travel, "
                 "data stays at each site. The weights that travel (each site's update, every global model) can "
-                "still leak the cases they were trained on; the attack below measures how much."]
+                "still leak the cases they were trained on."]
     lines = ["Mechanisms that protected this run:", "", *(f"- {markdown_text(m)}" for m in mechanisms)]
     if dp is not None:
         lines += ["", _dp_settings(dp)]
@@ -102,14 +102,14 @@ def _site_table(privacy: dict, dp: dict | None) -> str | None:
 
 
 def _reading(dp: dict | None) -> str:
-    epsilon = ("ε bounds how much one privacy unit (a case for sample-level, a site for client-level DP) can change "
-               "anything computed from the shared models: smaller is stronger (about 1 is strong, 8 a common "
-               "practical choice); δ is the small probability with which that bound may fail, and must be well "
-               "below one over the number of units. ") if dp is not None else ""
-    return (f"How to read it: {epsilon}The attack AUC is the probability that the loss-threshold "
-            "membership-inference attack (Yeom et al. 2018) on the final model scores a random training case of the "
-            "site as more likely a member than a random test case: 0.5 means it cannot tell members from "
-            f"non-members, above about {LEAKS} the model leaks membership (**bold**); with few cases it is noisy.")
+    epsilon = ("Epsilon (ε) bounds how much one privacy unit (a case for sample-level, a site for client-level "
+               "DP) can change anything computed from the shared models: smaller is stronger (about 1 is strong, "
+               "8 a common practical choice); δ is the small probability with which that bound may fail, and must "
+               "be well below one over the number of units. ") if dp is not None else ""
+    return (f"{epsilon}The attack AUC is the probability that the loss-threshold membership-inference attack "
+            "(Yeom et al. 2018) on the final model scores a random training case of the site as more likely a "
+            "member than a random test case: 0.5 means it cannot tell members from non-members, above about "
+            f"{LEAKS} the model leaks membership (**bold**); with few cases it is noisy.")
 
 
 def _caveat() -> str:
