@@ -44,7 +44,9 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     for model, weights in models.items():
         scores[model], problems = scorer.evaluate(weights)
         unscored.update({f"{site} ({model})": reason for site, reason in problems.items()})
-    results = write_results(run_dir, experiment, scores, started, resume, unscored)
+    final = models.get("FL_global", next(iter(models.values())))  # an ensemble (folds) is not attacked
+    membership = scorer.membership(final) if experiment.privacy.membership_attack and isinstance(final, dict) else {}
+    results = write_results(run_dir, experiment, scores, started, resume, unscored, membership)
     headline = results["model"]
     _draw_examples(run_dir, headline, models[headline], apps, results)
     write_report(run_dir.root)

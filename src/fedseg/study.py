@@ -50,8 +50,17 @@ def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None =
     site's CKKS key, from its kit or the simulation's keys)."""
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
-    trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir)
+    trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir,
+                          privacy=experiment.privacy, dp_trainings=trainings(experiment, data.name),
+                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs)
     return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault, he_secret=he_secret)
+
+
+def trainings(experiment: Experiment, site: str) -> int:
+    """How many rounds ``site`` trains in the federation (a site's DP budget covers them all); a
+    comparison arm's one site or pooled data trains every round."""
+    plan, names = experiment.compute_plan(), [spec.name for spec in experiment.sites]
+    return sum(site in plan.configure_train(r, names) for r in range(plan.total_rounds)) or experiment.federation.rounds
 
 
 def initial_weights(experiment: Experiment) -> Weights:
@@ -97,10 +106,29 @@ def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool,
     saved.write_text(experiment.to_toml())
 
 
+def privacy_results(experiment: Experiment, metrics: list[dict], membership: dict[str, dict[str, float]]) -> dict:
+    """What protected the run and what it spent: ``results.json["privacy"]``."""
+    privacy = experiment.privacy
+    dp, spent = None, {}
+    if privacy.dp != "off":
+        last_plan = [r["plan"]["client_dp"] for r in metrics if "client_dp" in r.get("plan", {})]
+        dp = {"mode": privacy.dp, "target_epsilon": privacy.epsilon, "delta": privacy.delta,
+              "accountant": privacy.accountant, "max_grad_norm": privacy.max_grad_norm if privacy.dp == "sample"
+              else None, "clip": privacy.clip, "noise_multiplier": last_plan[-1]["noise_multiplier"] if last_plan
+              else None}
+        spent = ({"federation": last_plan[-1]["epsilon"]} if last_plan else {}) if privacy.dp == "client" else {
+            r["site"]: r["epsilon"] for r in metrics if "epsilon" in r and "site" in r}
+    return {"mechanisms": privacy.mechanisms, "dp": dp, "epsilon": dict(sorted(spent.items())),
+            "membership_auc": {site: m["membership_auc"] for site, m in membership.items()},
+            "membership_cases": {site: [int(m["train_cases"]), int(m["test_cases"])] for site, m in membership.items()}}
+
+
 def write_results(run_dir: RunDirectory, experiment: Experiment, scores: dict[str, dict[str, list[CaseMetrics]]],
-                  started: float, resumed: bool, unscored: dict[str, str] | None = None) -> dict[str, Any]:
+                  started: float, resumed: bool, unscored: dict[str, str] | None = None,
+                  membership: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """cross_site.csv and results.json from every model's per-site test scores (simulated or deployed);
-    ``unscored``: sites whose scores were rejected or missing, with the reason."""
+    ``unscored``: sites whose scores were rejected or missing, with the reason; ``membership``: each
+    site's membership-inference attack on the headline model."""
     headline = "FL_global" if "FL_global" in scores else next(iter(scores))
     records, results = [], {}
     for model, per_site in scores.items():
@@ -117,6 +145,7 @@ def write_results(run_dir: RunDirectory, experiment: Experiment, scores: dict[st
         train_seconds=sum(r.get("seconds", 0.0) for r in metrics),
         rejected_updates=[{"round": r["round"], "site": r["site"], "reason": r["rejected"]}
                           for r in metrics if "rejected" in r],
-        unscored_sites=dict(sorted((unscored or {}).items())))
+        unscored_sites=dict(sorted((unscored or {}).items())),
+        privacy=privacy_results(experiment, metrics, membership or {}))
     run_dir.write_json("results.json", results)
     return results
