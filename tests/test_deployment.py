@@ -246,21 +246,27 @@ def test_secure_aggregation_recovers_a_site_lost_after_masking_and_equals_its_si
     finally:
         consortium.restart_site("hospital_c")
     metrics = RunDirectory(workspace / "masked-deployed").read_metrics()
-    assert [m["rejected"] for m in metrics if m["site"] == "hospital_c"] == [
-        "the site dropped out after training (fault injection: 'drop')"] * 2
-    assert all(m["plan"]["secure_sum"] == "masks" for m in metrics if "plan" in m)
+    firsts = [m for m in metrics if "plan" in m]  # the site's failed task never reaches the coordinator: missing
+    assert [(m["plan"]["secure_sum"], m["missing_sites"]) for m in firsts] == [("masks", ["hospital_c"])] * 2
     received = [json.loads(line) for line in (workspace / "masked-deployed" / "received.jsonl").read_text().splitlines()]
-    assert all(set(line["params"]) == {"masked"} for line in received if line["task"] == "train"
-               and line["verdict"] == "accepted")
+    phases = [(line["task"], line["site"]) for line in received if line["round"] == 0]
+    assert ("sa_share", "hospital_c") in phases and ("train", "hospital_c") not in phases
+    assert ("sa_unmask", "hospital_a") in phases  # its shares of hospital_c's mask key removed the masks
+    assert all(set(line["params"]) == {"masked"} for line in received if line["task"] == "train")
     simulated = load_experiment(experiment)
     run_simulation(replace(simulated, faults={"hospital_c": "drop"}), workspace / "masked-simulated")
-    assert_same_run(workspace / "masked-deployed", workspace / "masked-simulated")
+    _, deployed_weights, _ = RunDirectory(workspace / "masked-deployed").last_round()
+    _, simulated_weights, _ = RunDirectory(workspace / "masked-simulated").last_round()
+    for name in simulated_weights:
+        np.testing.assert_allclose(deployed_weights[name], simulated_weights[name], atol=WEIGHT_TOLERANCE, err_msg=name)
 
 
 @pytest.mark.slow
 def test_homomorphic_encryption_with_keys_from_provisioning_equals_its_simulation(consortium, experiment_file,
                                                                                   workspace):
-    experiment = experiment_file("encrypted", rounds=2, privacy={"homomorphic": True}, guard={"norm_action": "off"})
+    # one round: CKKS decryption is exact to ~1e-10 only, and Adam turns such differences in the
+    # next round's starting point into steps of the learning rate where a gradient is near zero
+    experiment = experiment_file("encrypted", rounds=1, privacy={"homomorphic": True}, guard={"norm_action": "off"})
     assert not (consortium.kits["coordinator"] / "he_secret.tenseal").exists()
     ended = run_deployed(consortium, experiment, workspace / "encrypted-deployed")
     assert ended["state"] == "finished", ended
