@@ -15,6 +15,7 @@ from fedseg.models.registry import ModelConfig, build_network
 from fedseg.privacy.accounting import epsilon_spent
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.privacy.membership import attack_auc
+from fedseg.privacy import ledger
 from fedseg.training import private
 from fedseg.training.private import BudgetExhausted, private_step
 from fedseg.training.trainer import SiteTrainer, TrainingConfig
@@ -105,8 +106,24 @@ def test_rounds_spend_the_budget_and_the_site_refuses_to_train_past_it(site, tmp
         trainer.train(second.weights, RoundConfig(round=2, seed=3))
     with pytest.raises(BudgetExhausted):  # one more step, asked by a round config, is refused too
         trainer.train(second.weights, RoundConfig(round=2, seed=3, local_steps=1))
-    ledger = json.loads((tmp_path / "state" / private.LEDGER).read_text())
-    assert sorted(ledger["releases"].values()) == [2, 2] and ledger["noise_multiplier"] == dp.noise_multiplier
+    saved = json.loads((tmp_path / "state" / ledger.LEDGER).read_text())
+    assert sorted(saved["releases"].values()) == [2, 2] and saved["noise_multiplier"] == dp.noise_multiplier
+
+
+def test_fine_tuning_is_inside_the_budget_and_a_hostile_round_config_is_refused(site):
+    data = site()
+    trainer = SiteTrainer(data, MODEL, TrainingConfig(batch_size=2, local_steps=1, validate_local=False),
+                          privacy=PrivacyConfig(dp="sample", epsilon=2.0), dp_trainings=1, dp_fine_tune_epochs=1)
+    assert trainer.private.budget == 1 + 2  # one round of 1 step, one epoch of ceil(4 / 2) steps
+    start = get_weights(trainer.network)
+    for config in (RoundConfig(round=0, seed=1, local_steps=-5), RoundConfig(round=0, seed=1, local_epochs=1.5)):
+        with pytest.raises(ValueError, match="site png_site: the round's local_(steps|epochs) must be a whole number"):
+            trainer.train(start, config)
+    federated = trainer.train(start, RoundConfig(round=0, seed=1))
+    tuned = trainer.fine_tune(federated.weights, epochs=1, seed=3)
+    assert tuned.metrics["steps"] == 2 and 0.99 * 2.0 <= tuned.metrics["epsilon"] <= 2.0
+    with pytest.raises(BudgetExhausted):
+        trainer.fine_tune(start, epochs=1, seed=3)
 
 
 def test_a_restarted_site_continues_its_ledger_and_retraces_a_round_bit_for_bit(site, tmp_path):
@@ -119,7 +136,7 @@ def test_a_restarted_site_continues_its_ledger_and_retraces_a_round_bit_for_bit(
     restarted = dp_trainer(data, state)  # a crash after round 1 trained, before its update arrived
     again = restarted.train(first.weights, RoundConfig(round=1, seed=2))
     assert same(again.weights, second.weights) and again.metrics == {**second.metrics, "seconds": again.metrics["seconds"]}
-    assert restarted.private.steps_spent == 4  # answered again, counted once
+    assert restarted.private.ledger.steps == 4  # answered again, counted once
     with pytest.raises(BudgetExhausted):
         restarted.train(second.weights, RoundConfig(round=2, seed=3))
     # the same round asked again from other weights is a new release: counted, here refused
@@ -135,7 +152,7 @@ def test_the_noise_comes_from_the_site_secret_not_the_round_seed(site, tmp_path)
     b = other.train(start, RoundConfig(round=0, seed=1)).weights
     assert not same(a, b)
     kept = dp_trainer(data, tmp_path / "s")
-    assert (tmp_path / "s" / private.SECRET).stat().st_mode & 0o077 == 0  # readable by the site only
+    assert (tmp_path / "s" / ledger.SECRET).stat().st_mode & 0o077 == 0  # readable by the site only
     c = kept.train(start, RoundConfig(round=0, seed=1)).weights
     assert same(c, dp_trainer(data, tmp_path / "s").train(start, RoundConfig(round=0, seed=1)).weights)
     with pytest.raises(UserError, match="dp_ledger.json was written for other privacy settings .*budget_steps"):
@@ -166,6 +183,7 @@ def test_segresnet_is_refused_with_what_to_use_instead(site):
 @pytest.mark.parametrize("model", [ModelConfig("UNet", (4, 8, 16), num_res_units=2),
                                    ModelConfig("BasicUNet", (4, 4, 8, 8, 16, 4))])
 @pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_opacus_per_case_gradients_of_fedseg_networks_equal_per_case_backward_passes(model, dims):
     from opacus.grad_sample import GradSampleModule
 
@@ -214,3 +232,18 @@ def test_case_losses_of_a_patch_model_use_sliding_windows_over_the_whole_case(si
         assert losses[0] == pytest.approx(float(trainer.loss(logits, case["label"][None])))
         whole = float(trainer.loss(trainer.network(case["image"][None]), case["label"][None]))
     assert losses[0] != whole  # windows, not one pass over the case
+
+
+def test_a_damaged_ledger_or_secret_stops_the_site_with_what_to_do(site, tmp_path):
+    data, state = site(), tmp_path / "state"
+    trainer = dp_trainer(data, state)
+    trainer.train(get_weights(trainer.network), RoundConfig(round=0, seed=1))
+    saved = json.loads((state / ledger.LEDGER).read_text())
+    for damaged in ("{not json", json.dumps({**saved, "releases": {"round 0 x": -2}}), "[]"):
+        (state / ledger.LEDGER).write_text(damaged)
+        with pytest.raises(UserError, match="privacy ledger is damaged.*restore it"):
+            dp_trainer(data, state)
+    (state / ledger.LEDGER).write_text(json.dumps(saved))
+    (state / ledger.SECRET).write_text("guessable")
+    with pytest.raises(UserError, match="DP secret is damaged"):
+        dp_trainer(data, state)

@@ -22,6 +22,9 @@ How a step treats a case:
   proximal weight, incoming weights). The coordinator, which chooses the round seed, cannot predict
   the noise. The same request gives the same update (a resumed run is bit-identical), so answering
   it again releases nothing new and is counted once; a different request is a new release, counted.
+  Noise is drawn in Opacus's secure mode (against floating-point attacks on the Gaussian's low
+  bits) from torch's generator seeded by an HMAC of the secret: reproducible, not a cryptographic
+  generator (Opacus's own secure mode would use torchcsprng, which fedseg does not install).
 - Not covered by the guarantee: the training loss (not reported under DP), validation and test
   scores (of cases that are not trained on), and timing.
 
@@ -31,8 +34,10 @@ units) and ``BasicUNet`` (convolutions, transposed-convolution up-sampling) work
 Opacus has grad samplers for convolutions and norms and computes the rest (PReLU, transposed
 convolutions) with functorch; per-case gradients equal per-case backward passes. ``SegResNet``
 does not: its residual blocks add in place onto a layer's output (``x += identity``), which
-Opacus's backward hooks refuse ("a view ... is being modified inplace") - the failure reported
-for MONAI's 3D networks in Opacus issue #671; fedseg refuses it and names UNet or BasicUNet.
+Opacus's backward hooks refuse ("a view ... is being modified inplace"), so fedseg refuses it
+and names UNet or BasicUNet. (Opacus issue #671 reports DPOptimizer stopping on MONAI 3D
+segmentation networks because a parameter had no per-sample gradient; the test above checks that
+every parameter of fedseg's UNet and BasicUNet gets one, and the right one.)
 Batch norm mixes the cases of a batch (refused by ``PrivacyConfig.check_with``).
 """
 
@@ -42,9 +47,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import re
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -57,16 +59,15 @@ from opacus.optimizers import DPOptimizer
 
 from fedseg.data.dataset import SiteDataset
 from fedseg.errors import UserError
-from fedseg.files import write_text_atomic
 from fedseg.models.registry import ModelConfig
 from fedseg.privacy.accounting import epsilon_spent, noise_multiplier
 from fedseg.privacy.config import PrivacyConfig
+from fedseg.privacy.ledger import PrivacyLedger, site_secret
 from fedseg.training.config import TrainingConfig
 from fedseg.types import RoundConfig
 
-LEDGER = "dp_ledger.json"
-SECRET = "dp_secret"
 SUPPORTED_NETWORKS = ("UNet", "BasicUNet")
+MAX_STEPS = 10_000_000
 
 
 class BudgetExhausted(UserError):
@@ -81,31 +82,32 @@ class PrivateTraining:
                  state_dir: Path | None):
         if model.name not in SUPPORTED_NETWORKS:
             raise UserError(f"privacy.dp = \"sample\" cannot train {model.name}: its residual blocks add in place "
-                            "onto a layer's output, which Opacus's per-case gradients cannot follow (Opacus issue "
-                            f"#671); set [model] name = \"UNet\" or \"BasicUNet\"")
+                            "onto a layer's output, which Opacus's per-case gradients cannot follow; "
+                            f"set [model] name = \"UNet\" or \"BasicUNet\"")
         n = data.n_train
         if privacy.delta >= 1 / n:
             raise UserError(f"site {site}: privacy.delta = {privacy.delta:g} must be below 1 / (its {n} training "
                             f"cases) = {1 / n:.3g}, or one case could be released whole: set privacy.delta to at "
                             f"most {_below(1 / n):g}")
         self.site, self.network, self.data, self.training, self.privacy = site, network, data, training, privacy
-        self.state_dir = state_dir
         self.sample_rate = min(1.0, training.batch_size / n)
         self.steps_per_epoch = math.ceil(1 / self.sample_rate)
         self.expected_batch = max(1, round(self.sample_rate * n))
-        self.patches = data.preprocessing.patches_per_case if data.preprocessing.patch_size is not None else 1
         self.budget = trainings * self.steps_of(RoundConfig(round=0, seed=0)) + fine_tune_epochs * self.steps_per_epoch
-        self._header = {"site": site, "epsilon": privacy.epsilon, "delta": privacy.delta, "sample_rate": self.sample_rate,
-                        "accountant": privacy.accountant, "budget_steps": self.budget}
-        self.releases, sigma = self._load_ledger()
-        if sigma is None:
+        if self.budget < 1:
+            raise UserError(f"site {site}: privacy.dp = \"sample\" with no training planned (dp_trainings = "
+                            f"{trainings}, fine-tuning epochs = {fine_tune_epochs}): there is no budget to divide")
+        self.ledger = PrivacyLedger(state_dir, {
+            "site": site, "epsilon": privacy.epsilon, "delta": privacy.delta, "sample_rate": self.sample_rate,
+            "accountant": privacy.accountant, "budget_steps": self.budget})
+        if self.ledger.noise_multiplier is None:  # a restarted site keeps the one it trained with
             try:
-                sigma = noise_multiplier(privacy.epsilon, privacy.delta, self.sample_rate, self.budget,
-                                         privacy.accountant)
+                self.ledger.noise_multiplier = noise_multiplier(privacy.epsilon, privacy.delta, self.sample_rate,
+                                                                self.budget, privacy.accountant)
             except ValueError as exc:
                 raise UserError(f"site {site}: {exc}") from None
-        self.noise_multiplier = sigma
-        self.secret = _site_secret(state_dir)
+        self.noise_multiplier = self.ledger.noise_multiplier
+        self.secret = site_secret(state_dir)
         try:
             self._hooks = GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)
         except NotImplementedError as exc:
@@ -116,15 +118,15 @@ class PrivateTraining:
         steps, epochs = config.local_steps, config.local_epochs
         if steps is None and epochs is None:
             steps, epochs = self.training.local_steps, self.training.local_epochs
+        for name, value in (("local_steps", steps), ("local_epochs", epochs)):
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_STEPS):
+                raise ValueError(f"site {self.site}: the round's {name} must be a whole number in [0, {MAX_STEPS}], "
+                                 f"got {value!r:.40}")
         return steps if steps is not None else epochs * self.steps_per_epoch
-
-    @property
-    def steps_spent(self) -> int:
-        return sum(self.releases.values())
 
     def epsilon(self) -> float:
         """The epsilon this site has spent (at the configured delta)."""
-        steps = self.steps_spent
+        steps = self.ledger.steps
         return 0.0 if steps == 0 else epsilon_spent(self.noise_multiplier, self.sample_rate, steps,
                                                     self.privacy.delta, self.privacy.accountant)
 
@@ -135,7 +137,7 @@ class PrivateTraining:
         steps = self.steps_of(config)
         digest = self._digest(what, config, steps, mu)
         key = f"{what} {config.round} {digest[:16]}"
-        before = self.steps_spent - self.releases.get(key, 0)
+        before = self.ledger.steps_besides(key)
         if before + steps > self.budget:
             raise BudgetExhausted(
                 f"site {self.site}: {what} {config.round} needs {steps} DP-SGD steps but {self.budget - before} of the "
@@ -150,13 +152,12 @@ class PrivateTraining:
         cases = self.data.train_loader(1, seeds["augment"]).dataset  # the augmentation, seeded from the secret
         private = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                               max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.expected_batch,
-                              loss_reduction="mean", generator=noise)
+                              loss_reduction="mean", generator=noise, secure_mode=True)
         for _ in range(steps):
             chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
             batch = list_data_collate([cases[int(i)] for i in chosen]) if len(chosen) else None
             private_step(self.network, private, batch_loss, batch, len(chosen), mu, anchor)
-        self.releases[key] = steps
-        self._save_ledger()
+        self.ledger.record(key, steps)
         return {"steps": float(steps), "epsilon": self.epsilon()}
 
     def _digest(self, what: str, config: RoundConfig, steps: int, mu: float) -> str:
@@ -169,33 +170,6 @@ class PrivateTraining:
     def _seed(self, digest: str, purpose: str) -> int:
         mac = hmac.new(self.secret, f"{digest} {purpose}".encode(), hashlib.sha256).digest()
         return int.from_bytes(mac[:8], "big") >> 1  # 63 bits: every torch generator accepts it
-
-    def _load_ledger(self) -> tuple[dict[str, int], float | None]:
-        path = None if self.state_dir is None else self.state_dir / LEDGER
-        if path is None or not path.exists():
-            return {}, None
-        try:
-            saved = json.loads(path.read_text())
-            releases, sigma = saved["releases"], saved["noise_multiplier"]
-            good = (isinstance(releases, dict) and all(isinstance(k, str) and type(v) is int and v >= 0
-                                                       for k, v in releases.items())
-                    and isinstance(sigma, float) and math.isfinite(sigma) and sigma > 0)
-        except (OSError, ValueError, KeyError, TypeError):
-            good = False
-        if not good:
-            raise UserError(f"{path}: this site's privacy ledger is damaged; it records the privacy the site has spent, "
-                            "so training cannot go on without it: restore it, or start a new run (a new --out)")
-        if {k: saved.get(k) for k in self._header} != self._header:
-            raise UserError(f"{path} was written for other privacy settings ({_shown(saved, self._header)}); the "
-                            "privacy this site spent cannot be carried over: resume with the same experiment, or "
-                            "start a new run (a new --out)")
-        return releases, sigma
-
-    def _save_ledger(self) -> None:
-        if self.state_dir is not None:
-            ledger = {**self._header, "noise_multiplier": self.noise_multiplier, "releases": self.releases}
-            write_text_atomic(self.state_dir / LEDGER, json.dumps(ledger, indent=1, sort_keys=True))
-
 
 def private_step(network: torch.nn.Module, optimizer: DPOptimizer, batch_loss: Callable[[dict], torch.Tensor],
                  batch: dict | None, cases: int, mu: float = 0.0, anchor: list[torch.Tensor] | None = None) -> None:
@@ -222,35 +196,6 @@ def private_step(network: torch.nn.Module, optimizer: DPOptimizer, batch_loss: C
     optimizer.zero_grad(set_to_none=True)
 
 
-def _site_secret(state_dir: Path | None) -> bytes:
-    """32 random bytes that never leave the site: in ``state_dir`` (created once, private), or in memory."""
-    if state_dir is None:
-        return os.urandom(32)
-    path = state_dir / SECRET
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{SECRET}.")  # readable by the owner only
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(os.urandom(32).hex())
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, path)  # never replaces a secret another process wrote first
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-    text = path.read_text(errors="replace").strip()
-    if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise UserError(f"{path}: this site's DP secret is damaged; restore it, or start a new run (a new --out)")
-    return bytes.fromhex(text)
-
-
 def _below(limit: float) -> float:
     """A round value of delta below ``limit`` (e.g. 1e-3 below 1/300)."""
     return 10 ** math.floor(math.log10(limit) - 1e-12)
-
-
-def _shown(saved: dict, header: dict) -> str:
-    return ", ".join(f"{k} {saved.get(k)!r:.30} here {header[k]!r:.30}" for k in header if saved.get(k) != header[k])
