@@ -1,8 +1,10 @@
 """Sample-level DP (DP-SGD) at a site: per-case clipping and noise, the budget and its ledger, the
 secret noise, the networks Opacus can train, and per-case losses for membership inference."""
 
-import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +249,12 @@ def test_a_damaged_ledger_or_secret_stops_the_site_with_what_to_do(site, tmp_pat
     (state / ledger.SECRET).write_text("guessable")
     with pytest.raises(UserError, match="DP secret is damaged"):
         dp_trainer(data, state)
+
+
+def test_dp_step_benchmark_quick_runs():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "dp_step.py"), "--quick", "--batch", "2"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    row = next(line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"])
+    assert row[-2:] == ["yes", "yes"], result.stdout  # a restarted site retraces its private round

@@ -43,6 +43,7 @@ Batch norm mixes the cases of a batch (refused by ``PrivacyConfig.check_with``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -153,10 +154,11 @@ class PrivateTraining:
         private = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                               max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.expected_batch,
                               loss_reduction="mean", generator=noise, secure_mode=True)
-        for _ in range(steps):
-            chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
-            batch = list_data_collate([cases[int(i)] for i in chosen]) if len(chosen) else None
-            private_step(self.network, private, batch_loss, batch, len(chosen), mu, anchor)
+        with _deterministic_cudnn():
+            for _ in range(steps):
+                chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
+                batch = list_data_collate([cases[int(i)] for i in chosen]) if len(chosen) else None
+                private_step(self.network, private, batch_loss, batch, len(chosen), mu, anchor)
         self.ledger.record(key, steps)
         return {"steps": float(steps), "epsilon": self.epsilon()}
 
@@ -194,6 +196,18 @@ def private_step(network: torch.nn.Module, optimizer: DPOptimizer, batch_loss: C
                 p.grad = p.grad + mu * (p.detach() - a)
         optimizer.original_optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _deterministic_cudnn():
+    """cuDNN's deterministic kernels for the round: a request answered again must give the same
+    update, or the two answers (same noise, rounding-different sums) would differ by data alone."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 def _below(limit: float) -> float:
