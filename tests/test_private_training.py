@@ -39,10 +39,6 @@ def dp_trainer(data, state_dir=None, epsilon=4.0, trainings=2, model=MODEL, **tr
                        privacy=PrivacyConfig(dp="sample", epsilon=epsilon, max_grad_norm=1.0), dp_trainings=trainings)
 
 
-def flat(weights):
-    return np.concatenate([v.ravel() for v in weights.values() if v.dtype.kind == "f"])
-
-
 def same(a, b):
     return all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -177,9 +173,12 @@ def test_cases_are_poisson_sampled_and_an_epoch_is_one_over_q_steps(site, monkey
     assert len(set(drawn)) >= 3 and 1.5 <= np.mean(drawn) <= 2.5 and max(drawn) <= 4
 
 
-def test_segresnet_is_refused_with_what_to_use_instead(site):
-    with pytest.raises(UserError, match='cannot train SegResNet.*set \\[model\\] name = "UNet" or "BasicUNet"'):
-        dp_trainer(site(), model=ModelConfig("SegResNet", (4, 8)))
+@pytest.mark.parametrize("model, message", [
+    (ModelConfig("SegResNet", (4, 8)), 'cannot train SegResNet.*set \\[model\\] name = "UNet" or "BasicUNet"'),
+    (ModelConfig("UNet", (4, 8), num_res_units=0, norm="batch"), 'BatchNorm2d.*set \\[model\\] norm = "instance"')])
+def test_networks_opacus_cannot_train_are_refused_with_what_to_use_instead(site, model, message):
+    with pytest.raises(UserError, match=message):
+        dp_trainer(site(), model=model)
 
 
 @pytest.mark.parametrize("model", [ModelConfig("UNet", (4, 8, 16), num_res_units=2),

@@ -111,8 +111,11 @@ class PrivateTraining:
         self.secret = site_secret(state_dir)
         try:
             self._hooks = GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)
-        except NotImplementedError as exc:
-            raise UserError(f"privacy.dp = \"sample\" cannot train this network: {exc}") from None
+        except NotImplementedError as exc:  # a layer with buffers, e.g. batch norm's running statistics
+            first = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else exc
+            raise UserError(f"privacy.dp = \"sample\" cannot train this network: Opacus refuses layers whose "
+                            f"buffers carry statistics of the batch's cases ({str(first)[:160]}); set [model] "
+                            "norm = \"instance\"") from None
 
     def steps_of(self, config: RoundConfig) -> int:
         """DP-SGD steps of a round: its steps, or its epochs of ``ceil(1 / q)`` steps (else the training config's)."""
