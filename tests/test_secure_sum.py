@@ -100,9 +100,10 @@ def test_a_site_refuses_instructions_it_cannot_trust(tiny):
     root, _, datasets = tiny
     app = site_app(experiment_with(root, secure_aggregation=True), datasets["hospital_a"])
     context = b"r" * 24
-    app.handle("sa_keys", None, {"context": context})
+    spec = {"kind": "masks", "weighted_by": "n_samples", "metric_floor": 0.05, "divisor": 30.0, "clip": None}
+    app.handle("sa_keys", None, {"context": context, "spec": spec})
     with pytest.raises(UpdateRejected, match="never made twice"):
-        app.handle("sa_keys", None, {"context": context})
+        app.handle("sa_keys", None, {"context": context, "spec": spec})
     with pytest.raises(UpdateRejected, match="24 bytes"):
         app.handle("sa_keys", None, {"context": b"short"})
     with pytest.raises(UpdateRejected, match="did not make"):

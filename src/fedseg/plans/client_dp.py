@@ -11,12 +11,16 @@ The noise multiplier is chosen before the first round for the run's budget (``ro
 each with a fraction ``sample_rate`` of the sites; with fixed-size site sampling the Poisson
 analysis of the accountant is the usual approximation, exact when every site trains every round).
 The noise comes from a secret seed the coordinator draws once and keeps in the plan's state (its
-checkpoint): a resumed run adds the same noise, and nobody who only knows the experiment's seed
-can take the noise out again.
+checkpoint), the round and a digest of the mean it covers: a resumed run adds the same noise to the
+same mean (nothing new is released), nobody who only knows the experiment's seed can take the noise
+out again, and a round released twice with different means (a resume after the new model reached
+the sites, with other sites answering) gets fresh noise: the same noise on both would give away
+their difference, e.g. one site's clipped update.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 from typing import Any, Protocol
@@ -43,7 +47,7 @@ class ClientDP:
                  accounting: Accounting, accountant: str = "rdp"):
         self.clip, self.epsilon, self.delta = clip, epsilon, delta
         self.sample_rate, self.rounds, self.accounting, self.accountant = sample_rate, rounds, accounting, accountant
-        self.secret = secrets.randbits(63)
+        self.secret = secrets.randbits(128)
         self._sigma: float | None = None
 
     @property
@@ -67,7 +71,10 @@ class ClientDP:
 
     def noised(self, combined: dict[str, np.ndarray], round: int, count: int) -> dict[str, np.ndarray]:
         """The mean of ``count`` clipped updates with the round's Gaussian noise on every float parameter."""
-        rng = np.random.default_rng([self.secret, round])
+        digest = hashlib.sha256(f"{round} {count}".encode())
+        for key, value in sorted(combined.items()):
+            digest.update(key.encode() + np.ascontiguousarray(value, np.float64).tobytes())
+        rng = np.random.default_rng([self.secret, round, int.from_bytes(digest.digest(), "big")])
         std = self.noise_multiplier * self.clip / max(count, 1)
         return {key: value + rng.normal(0.0, std, np.shape(value)) if np.issubdtype(np.asarray(value).dtype,
                                                                                     np.floating) else value

@@ -97,25 +97,42 @@ def encrypt(vector: np.ndarray, secret_context: bytes) -> list[bytes]:
     return [ts.ckks_vector(context, values[i:i + SLOTS].tolist()).serialize() for i in range(0, values.size, SLOTS)]
 
 
+class EncryptedSum:
+    """The coordinator's running sum of the sites' encrypted vectors of ``length`` values: each site's
+    chunks are checked in full when they arrive (a bad upload is that site's error, not the round's)."""
+
+    def __init__(self, public_context: bytes, length: int):
+        _check_length(length)
+        self.context, self.length = _load_context(public_context, "the public context"), length
+        if self.context.is_private():
+            raise HEError("refusing a context that holds the secret key: the coordinator must only ever have "
+                          "the public context (he_public.tenseal in its kit)")
+        self.total: list[ts.CKKSVector] | None = None
+        self.sites: list[str] = []
+
+    def add(self, site: str, chunks: object) -> None:
+        if not isinstance(site, str) or site in self.sites:
+            raise HEError(f"site names must be distinct strings, not {_describe(site)}")
+        vectors = _load_chunks(chunks, self.context, self.length, f"site '{printable(site)[:80]}'", site)
+        self.total = vectors if self.total is None else [a.add_(b) for a, b in zip(self.total, vectors)]
+        self.sites.append(site)
+
+    def result(self) -> list[bytes]:
+        if self.total is None:
+            raise HEError("no encrypted vector was added")
+        return [vector.serialize() for vector in self.total]
+
+
 def add(ciphertexts: dict[str, list[bytes]], public_context: bytes, length: int) -> list[bytes]:
     """The coordinator's sum of the sites' encrypted vectors of ``length`` values, chunk by chunk.
 
     Each site is checked in full before it is added; the first bad one raises ``HEError`` naming it."""
-    _check_length(length)
-    context = _load_context(public_context, "the public context")
-    if context.is_private():
-        raise HEError("refusing a context that holds the secret key: the coordinator must only ever have "
-                      "the public context (he_public.tenseal in its kit)")
+    total = EncryptedSum(public_context, length)
     if not isinstance(ciphertexts, dict) or not ciphertexts:
         raise HEError(f"add takes a non-empty dict of site -> chunks, not {_describe(ciphertexts)}")
-    total: list[ts.CKKSVector] | None = None
     for site, chunks in ciphertexts.items():
-        if not isinstance(site, str):
-            raise HEError(f"site names must be strings, not {_describe(site)}")
-        vectors = _load_chunks(chunks, context, length, f"site '{printable(site)[:80]}'", site)
-        total = vectors if total is None else [a.add_(b) for a, b in zip(total, vectors)]
-    assert total is not None
-    return [vector.serialize() for vector in total]
+        total.add(site, chunks)
+    return total.result()
 
 
 def decrypt(summed: list[bytes], secret_context: bytes, length: int) -> np.ndarray:

@@ -1,14 +1,14 @@
 """Secure aggregation: the coordinator learns the sum of the sites' vectors, never one site's vector.
 
-SecAgg (Bonawitz et al., CCS 2017) over the full graph, for an honest-but-curious coordinator that
-relays every message and sites that may drop out; objects live one round (fresh keys); the caller
-moves the dicts and arrays. With U1 the sites that shared and U2 those whose masked vectors arrived:
+SecAgg (Bonawitz et al., CCS 2017) over the full graph, for an honest-but-curious coordinator that relays
+every message and sites that may drop out; objects live one round (fresh keys); the caller moves the
+dicts and arrays; the threshold is a majority. U1: the sites that shared, U2: whose masked vectors came:
   1. advertise  ``SiteMasking(site, context).public_keys()``; the coordinator relays all of them.
   2. share      ``share(keys, threshold)``: Shamir shares of the self-mask seed b and of the mask key
                 s_sk, one AES-GCM ciphertext per peer; the coordinator relays each to its addressee.
   3. mask       ``mask(vector, received)``: y = encode(x) + PRG(b) + sum_j +-PRG(k_ij) in Z_2^64.
   4. unmask     ``unmask(survivors)``: shares of b_j for j in U2 and of s_sk_j for j in U1 \\ U2.
-The coordinator's ``Unmasker`` sums what ``add`` receives and ``result(shares)`` removes the masks.
+The coordinator's ``Unmasker`` sums what ``add`` receives and ``result(shares)`` removes the masks;
 ``context`` (run id and round) is bound into every key derivation and every ciphertext.
 """
 
@@ -32,10 +32,8 @@ from fedseg.privacy.secagg_keys import (SecAggError, agree, check_context, check
 
 __all__ = ["SecAggError", "SiteMasking", "Unmasker", "default_threshold", "encode", "decode"]
 
-CIPHERTEXT_BYTES = 12 + 2 * shamir.SHARE_BYTES + 16
-"""What a site sends a peer in ``share``: nonce, the shares of b and s_sk, GCM tag."""
-ANSWER_BYTES = 1 + shamir.SHARE_BYTES
-"""One entry of an ``unmask`` answer: b"b" or b"s", then the share."""
+CIPHERTEXT_BYTES = 12 + 2 * shamir.SHARE_BYTES + 16  # to a peer in ``share``: nonce, shares of b and s_sk, tag
+ANSWER_BYTES = 1 + shamir.SHARE_BYTES  # one entry of an ``unmask`` answer: b"b" or b"s", then the share
 _TRIES = 1000  # subsets of shares tried to tell which share is wrong
 
 
@@ -75,6 +73,9 @@ class SiteMasking:
         for peer in sorted(xs.keys() - {self.site}):
             nonce, plain = os.urandom(12), shamir.to_bytes(b_shares[xs[peer]]) + shamir.to_bytes(s_shares[xs[peer]])
             out[peer] = nonce + self._aead(checked, peer).encrypt(nonce, plain, self._ad(self.site, peer))
+        if 2 * threshold <= len(checked):  # else two groups answering unmask differently reveal b and s_sk
+            raise SecAggError(f"site {self.site}: the threshold {threshold} is not a majority of the "
+                              f"{len(checked)} sites; secure aggregation needs more than half")
         self._keys, self._threshold = checked, threshold
         self._shared = ({site: dict(value) for site, value in keys.items()}, threshold, out)
         return dict(out)
@@ -162,8 +163,7 @@ class Unmasker:
         self._keys, self.threshold, self.context = check_keys(keys, threshold), threshold, check_context(context)
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise SecAggError(f"the vector length must be a positive integer, not {kind(length)}")
-        self.length = length
-        self._x = {site: index + 1 for index, site in enumerate(self._keys)}
+        self.length, self._x = length, {site: index + 1 for index, site in enumerate(self._keys)}
         self._sum = np.zeros(length, dtype=np.uint64)
         self._added: list[str] = []
 

@@ -36,20 +36,38 @@ def check_keys(keys: object, threshold: object) -> dict[str, dict[str, bytes]]:
                           f"(at least the threshold), not {kind(keys)}")
     owners: dict[tuple[str, bytes], str] = {}
     for site in sorted(keys, key=str):
-        check_name(site)
-        advertised = keys[site]
-        if not isinstance(advertised, dict) or set(advertised) != set(KEY_NAMES):
-            raise SecAggError(f"the public keys of site {site} must be a dict with exactly the entries "
-                              f"{', '.join(KEY_NAMES)}, not {kind(advertised)}", [site])
+        advertised = _entries(check_name(site), keys[site])
         for entry in KEY_NAMES:
             value = advertised[entry]
-            if not isinstance(value, bytes) or len(value) != 32:
-                raise SecAggError(f"the key {entry} of site {site} must be 32 bytes, not {kind(value)}", [site])
             if (entry, value) in owners:
                 raise SecAggError(f"sites {owners[entry, value]} and {site} advertise the same key {entry}",
                                   [owners[entry, value], site])
             owners[entry, value] = site
     return {site: dict(keys[site]) for site in sorted(keys)}
+
+
+def check_advertised(site: str, advertised: object, others: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
+    """One site's advertised keys as they arrive at the coordinator, before it relays them: the
+    entries and their sizes, keys that give a shared secret, none advertised already by ``others``."""
+    advertised = _entries(check_name(site), advertised)
+    for entry in ("c", "s"):
+        agree(X25519PrivateKey.generate(), advertised[entry], site)
+    for other, keys in others.items():
+        same = [entry for entry in KEY_NAMES if keys.get(entry) == advertised[entry]]
+        if same and other != site:
+            raise SecAggError(f"site {site} advertises the key {same[0]} of site {other}", [site])
+    return dict(advertised)
+
+
+def _entries(site: str, advertised: object) -> dict[str, bytes]:
+    if not isinstance(advertised, dict) or set(advertised) != set(KEY_NAMES):
+        raise SecAggError(f"the public keys of site {site} must be a dict with exactly the entries "
+                          f"{', '.join(KEY_NAMES)}, not {kind(advertised)}", [site])
+    for entry in KEY_NAMES:
+        value = advertised[entry]
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise SecAggError(f"the key {entry} of site {site} must be 32 bytes, not {kind(value)}", [site])
+    return advertised
 
 
 def check_name(site: object) -> str:

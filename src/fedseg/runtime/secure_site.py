@@ -9,6 +9,7 @@ DP asks: an honest site bounds its own contribution, because the coordinator can
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from fedseg.plans.checks import UpdateRejected
 from fedseg.plans.weighting import Weighting
-from fedseg.runtime.secure_sum import CHUNK, MASKED, flatten, size_of
+from fedseg.runtime.secure_sum import CHUNK, MASKED, SPEC, bound_context, flatten, size_of
 from fedseg.types import Update, Weights
 
 TASKS = ("sa_keys", "sa_share", "sa_unmask", "he_decrypt")
@@ -37,6 +38,11 @@ class SecureSite:
         """Contexts of rounds this site has taken part in: keys are never made twice for one."""
         self.masking: Any = None
         self.context: bytes | None = None
+        self.spec: tuple | None = None
+        """The instructions this round's keys were made for: training takes no others."""
+        self.encrypted: set[bytes] = set()
+        self.decrypted: dict[bytes, bytes] = {}
+        """Rounds this site encrypted in, and the digest of the one sum it decrypted for each."""
 
     def handle(self, task: str, payload: Any) -> Any:
         """The reply to a protocol phase; UpdateRejected when the request cannot be served."""
@@ -46,7 +52,7 @@ class SecureSite:
             if task == "he_decrypt":
                 return {"sum": self._decrypt(payload)}
             if task == "sa_keys":
-                return self._keys(_context(payload))
+                return self._keys(_context(payload), payload.get("spec"))
             if _context(payload) != self.context or self.masking is None:
                 raise UpdateRejected(f"task {task!r} is for a round whose keys this site did not make")
             if task == "sa_share":
@@ -64,6 +70,10 @@ class SecureSite:
         """``update`` as this round's protected vector: masked, or encrypted; sample count and
         metrics stay in the clear (they give the site's weight)."""
         kind, divisor, clip, weighting = _spec(spec)
+        if kind == "masks" and _canonical(spec) != self.spec:
+            raise UpdateRejected("the secure-sum instructions of this training task (divisor, clip, weighting) differ "
+                                 "from those this site made its keys for: refusing, as other instructions per site "
+                                 "could single out one site's update")
         raw = weighting(update, "this site's update")
         if raw > divisor:
             raise UpdateRejected(f"the divisor {divisor:g} is smaller than this site's weight {raw:g}")
@@ -82,26 +92,41 @@ class SecureSite:
                 from fedseg.privacy.homomorphic import encrypt
 
                 chunks = encrypt(vector, self._secret())
+                self.encrypted.add(_context(spec))
                 protected = {CHUNK.format(i): np.frombuffer(c, np.uint8) for i, c in enumerate(chunks)}
         except ValueError as exc:
             raise UpdateRejected(str(exc)) from None
         return Update(protected, update.n_samples, update.metrics)
 
-    def _keys(self, context: bytes) -> dict[str, bytes]:
+    def _keys(self, context: bytes, spec: Any) -> dict[str, bytes]:
         from fedseg.privacy.secagg import SiteMasking
 
         if context in self.contexts:
             raise UpdateRejected("keys for this round were made already: a round's keys are never made twice")
+        if not isinstance(spec, dict) or spec.get("kind") != "masks":
+            raise UpdateRejected("keys for masking need the round's secure-sum instructions of kind 'masks'")
+        _spec(spec)
         self.contexts.add(context)
-        self.masking, self.context = SiteMasking(self.name, context), context
+        self.spec = _canonical(spec)
+        self.masking, self.context = SiteMasking(self.name, bound_context(context, spec)), context
         return self.masking.public_keys()
 
     def _decrypt(self, payload: dict) -> np.ndarray:
+        """The sum of a round this site encrypted in, once: a coordinator that deviates cannot have
+        it decrypt other ciphertexts of that round, nor any of other rounds (see the README for
+        what it still can: the sites share one key)."""
         from fedseg.privacy.homomorphic import decrypt
 
+        secret, context, chunks = self._secret(), _context(payload), payload.get("chunks")
+        if context not in self.encrypted:
+            raise UpdateRejected("this site did not encrypt an update in that round: it decrypts only the sum of "
+                                 "a round it took part in")
         if payload.get("length") != self.length:
             raise UpdateRejected(f"the sum to decrypt must have this site's model size {self.length}")
-        exact = decrypt(payload.get("chunks"), self._secret(), self.length)
+        exact = decrypt(chunks, secret, self.length)  # checks the chunks
+        digest = hashlib.sha256(b"".join(len(c).to_bytes(8, "big") + c for c in chunks)).digest()
+        if self.decrypted.setdefault(context, digest) != digest:
+            raise UpdateRejected("this site decrypts one sum once per round; refusing another ciphertext")
         return np.round(exact * ROUNDING) / ROUNDING  # see ROUNDING
 
     def _secret(self) -> bytes:
@@ -116,6 +141,10 @@ def _context(payload: dict) -> bytes:
     if not isinstance(context, bytes) or len(context) != CONTEXT_BYTES:
         raise UpdateRejected(f"a round's context must be {CONTEXT_BYTES} bytes")
     return context
+
+
+def _canonical(spec: dict) -> tuple:
+    return tuple(spec.get(key) for key in SPEC)
 
 
 def _spec(spec: Any) -> tuple[str, float, float | None, Weighting]:

@@ -19,6 +19,9 @@ arrives, the declared sample count, the metrics, and that enough sites survive t
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +64,17 @@ def size_of(template: Weights) -> int:
     return sum(int(np.asarray(template[key]).size) for key in float_keys(template))
 
 
+SPEC = ("kind", "weighted_by", "metric_floor", "divisor", "clip")
+"""The instructions of a secure sum every site must get alike (``bound_context``)."""
+
+
+def bound_context(context: bytes, spec: dict[str, Any]) -> bytes:
+    """The round's context bound to its instructions: masks and shares are made under it, so a
+    site given other instructions (a huge divisor, a tiny clip: its contribution shrunk to nothing,
+    which would leave one site's update as the 'sum') cannot unmask with the others."""
+    return context + hashlib.sha256(json.dumps([spec[key] for key in SPEC]).encode()).digest()
+
+
 class SecureSum:
     """The coordinator's side for a whole run: what kind, and the public key of CKKS."""
 
@@ -70,7 +84,7 @@ class SecureSum:
         if kind == "ckks" and public_context is None:
             raise ValueError("homomorphic encryption needs the consortium's public CKKS context")
         self.kind, self.clip, self.public_context = kind, clip, public_context
-        self.run_id = secrets.token_bytes(16)
+        self.run_id, self.attempts = secrets.token_bytes(16), 0
 
     def begin(self, plan: Any, round: int, global_weights: Weights, configs: dict[str, RoundConfig],
               declared: dict[str, dict[str, int]], ask: Ask) -> tuple[dict[str, RoundConfig], SecureRound]:
@@ -78,38 +92,25 @@ class SecureSum:
         aggregation that takes the protected updates."""
         if not isinstance(plan, FedAvg):
             raise UpdateRejected(f"a secure sum needs an averaging plan, not {plan.name!r}")
-        sites = sorted(configs)
+        sites = sorted(site for site in configs if site in declared)  # the others' updates would be refused
         by = plan.weighting.by
         divisor = float(sum(declared[s]["train"] for s in sites)) if by == "n_samples" else float(len(sites))
-        context = self.run_id + round.to_bytes(8, "big")
-        spec: dict[str, Any] = {"kind": self.kind, "context": context, "weighted_by": by,
-                                "metric_floor": plan.weighting.metric_floor, "divisor": divisor, "clip": self.clip}
-        received: dict[str, dict[str, bytes]] = {site: {} for site in sites}
+        self.attempts += 1  # a new context for every attempt at a round: keys are never made twice for one
+        context = self.run_id + self.attempts.to_bytes(8, "big")
+        spec: dict[str, Any] = {"kind": self.kind, "weighted_by": by, "metric_floor": plan.weighting.metric_floor,
+                                "divisor": divisor, "clip": self.clip}
         keys: dict[str, dict[str, bytes]] = {}
-        shared: set[str] = set()
+        received: dict[str, dict[str, bytes]] = {site: {} for site in sites}
         threshold = 0
         if self.kind == "masks":
-            from fedseg.privacy.secagg import default_threshold
+            from fedseg.runtime.secure_masks import share_keys
 
-            threshold = default_threshold(len(sites))
-            ask("sa_keys", {site: {"context": context} for site in sites},
-                lambda site, reply: keys.__setitem__(site, reply))
-            if len(keys) < threshold:
-                raise UpdateRejected(f"{len(keys)} of {len(sites)} site(s) sent keys for secure aggregation, "
-                                     f"{threshold} needed")
-
-            def route(site: str, reply: Any) -> None:
-                if not isinstance(reply, dict) or not set(reply) <= set(keys) - {site}:
-                    raise UpdateRejected("the encrypted shares must be addressed to sites that sent keys")
-                for peer, ciphertext in reply.items():
-                    received[peer][site] = ciphertext
-                shared.add(site)
-
-            ask("sa_share", {site: {"context": context, "keys": keys, "threshold": threshold} for site in keys}, route)
+            keys, threshold, received = share_keys(ask, sites, context, spec)  # only sites that shared can train
         out = {site: RoundConfig(c.round, c.seed, c.local_epochs, c.local_steps,
-                                 {**c.extra, "secure_sum": {**spec, "received": received[site]}})
-               for site, c in configs.items() if self.kind == "ckks" or site in shared}  # others: not unmaskable
-        return out, SecureRound(self, plan, round, global_weights, context, keys, threshold, divisor, ask)
+                                 {**c.extra, "secure_sum": {**spec, "context": context, "received": received[site]}})
+               for site, c in configs.items() if site in received}
+        return out, SecureRound(self, plan, round, global_weights, bound_context(context, spec), keys, threshold,
+                                divisor, ask, context, set(out))
 
 
 class SecureRound(Aggregation):
@@ -117,21 +118,31 @@ class SecureRound(Aggregation):
 
     protected = True
 
-    def __init__(self, owner: SecureSum, plan: FedAvg, round: int, global_weights: Weights, context: bytes,
-                 keys: dict[str, dict[str, bytes]], threshold: int, divisor: float, ask: Ask):
+    def __init__(self, owner: SecureSum, plan: FedAvg, round: int, global_weights: Weights, bound: bytes,
+                 keys: dict[str, dict[str, bytes]], threshold: int, divisor: float, ask: Ask, context: bytes,
+                 expected: set[str]):
         self.owner, self.plan, self.round, self.global_weights = owner, plan, round, global_weights
-        self.context = context
+        self.context, self.expected = context, expected
         self.length, self.divisor, self.ask = size_of(global_weights), divisor, ask
         self.raw: dict[str, float] = {}
-        self.chunks: dict[str, list[bytes]] = {}
-        self.unmasker = None
+        self.unmasker = self.encrypted = None
+        self.left_out: dict[str, str] = {}
         if owner.kind == "masks":
             from fedseg.privacy.secagg import Unmasker
 
-            self.unmasker = Unmasker(keys, threshold, context, self.length)
+            self.unmasker = Unmasker(keys, threshold, bound, self.length)
+        else:
+            from fedseg.privacy.homomorphic import EncryptedSum, HEError
+
+            try:
+                self.encrypted = EncryptedSum(owner.public_context, self.length)
+            except HEError as exc:
+                raise UpdateRejected(f"the coordinator's public CKKS context cannot be used: {exc}") from None
 
     def add(self, site: str, update: Update) -> None:
         what = f"update from site {site!r}"
+        if site not in self.expected:
+            raise UpdateRejected(f"{what}: the site was not asked to train in this round")
         if site in self.raw:
             raise UpdateRejected(f"{what}: a second update from the same site in one round")
         weight = self.plan.weighting(update, what)
@@ -144,16 +155,22 @@ class SecureRound(Aggregation):
             except ValueError as exc:
                 raise UpdateRejected(f"{what}: {exc}") from None
         else:
+            from fedseg.privacy.homomorphic import HEError
+
             names = [CHUNK.format(i) for i in range(len(payload))] if isinstance(payload, dict) else []
             if not names or set(payload) != set(names) or not all(
                     isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 1 for v in payload.values()):
                 raise UpdateRejected(f"{what}: an encrypted update must be chunks {CHUNK.format(0)!r}, ... of bytes")
-            self.chunks[site] = [payload[name].tobytes() for name in names]
+            try:
+                self.encrypted.add(site, [payload[name].tobytes() for name in names])
+            except HEError as exc:
+                raise UpdateRejected(f"{what}: {exc}") from None
         self.raw[site] = weight
 
     def result(self) -> Weights:
         total = self._unmasked() if self.unmasker is not None else self._decrypted()
         share = sum(self.raw.values()) / self.divisor
+        self._check_clip(total, share)
         combined = {key: np.asarray(self.global_weights[key], np.float64) + delta / share
                     for key, delta in unflatten(total, self.global_weights).items()}
         for key, value in self.global_weights.items():  # integer buffers: the global model's
@@ -161,36 +178,48 @@ class SecureRound(Aggregation):
         total_raw = sum(self.raw.values())
         summary = {"aggregation_weights": {site: w / total_raw for site, w in sorted(self.raw.items())},
                    "secure_sum": self.owner.kind}
+        if self.left_out:
+            summary["unmask_answers_left_out"] = self.left_out
         return self.plan.conclude(combined, self.global_weights, self.round, len(self.raw), summary)
 
+    def _check_clip(self, total: np.ndarray, share: float) -> None:
+        """Every site holds its own change to the clip, so their weighted mean is within it too: a
+        mean beyond it (with room for the fixed-point and CKKS rounding) shows a site that did not."""
+        clip = self.owner.clip
+        if clip is None or not len(total):
+            return
+        slack = math.sqrt(self.length) * (len(self.raw) * 2.0**-32 + 2.0**-30 + 1e-7 * float(np.max(np.abs(total))))
+        norm = float(np.linalg.norm(total)) / share
+        if norm > clip * (1 + 1e-9) + slack / share:
+            raise UpdateRejected(f"the mean change of the sites' updates has norm {norm:.4g}, beyond the clip {clip:g} "
+                                 "each site's change is held to: at least one site did not clip its update (the secure "
+                                 "sum hides which); the round is refused. Run without the secure sum to find it with "
+                                 "the norm guard, or leave sites out")
+
     def _unmasked(self) -> np.ndarray:
-        survivors = self.unmasker.survivors()
-        shares: dict[str, dict[str, bytes]] = {}
-        failures = self.ask("sa_unmask", {site: {"context": self.context, "survivors": survivors} for site in survivors},
-                            lambda site, reply: shares.__setitem__(site, reply))
-        try:
-            return self.unmasker.result(shares)
-        except ValueError as exc:
-            raise UpdateRejected(f"the masks could not be removed: {exc}"
-                                 + "".join(f"; {site}: {reason}" for site, reason in sorted(failures.items()))) from None
+        from fedseg.runtime.secure_masks import unmask
+
+        total, self.left_out = unmask(self.unmasker, self.ask, self.context)
+        return total
 
     def _decrypted(self) -> np.ndarray:
-        from fedseg.privacy.homomorphic import HEError, add
+        from fedseg.privacy.homomorphic import HEError
 
         try:
-            summed = add(self.chunks, self.owner.public_context, self.length)
+            summed = self.encrypted.result()
         except HEError as exc:
             raise UpdateRejected(f"the encrypted updates could not be summed: {exc}") from None
         found: list[np.ndarray] = []
         problems: dict[str, str] = {}
-        for site in sorted(self.chunks):  # one site decrypts the sum; the next if it fails
+        for site in sorted(self.raw):  # one site decrypts the sum; the next if it fails
             def take(site: str, reply: Any) -> None:
                 vector = reply.get("sum") if isinstance(reply, dict) else None
                 if not (isinstance(vector, np.ndarray) and vector.dtype == np.float64 and vector.shape == (self.length,)
                         and np.isfinite(vector).all()):
                     raise UpdateRejected(f"the decrypted sum must be {self.length} finite float64 values")
                 found.append(vector)
-            problems.update(self.ask("he_decrypt", {site: {"chunks": summed, "length": self.length}}, take))
+            problems.update(self.ask("he_decrypt", {site: {"chunks": summed, "length": self.length,
+                                                           "context": self.context}}, take))
             if found:
                 return found[0]
         raise UpdateRejected("no site decrypted the sum: "
