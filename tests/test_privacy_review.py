@@ -222,3 +222,15 @@ def test_a_site_escaping_the_clip_under_a_secure_sum_stops_the_round(tiny, tmp_p
     one_round(experiment, datasets, tmp_path / "honest")  # an honest round stays within the clip
     with pytest.raises(RunStopped, match="clip"):
         one_round(experiment, datasets, tmp_path / "hostile", dispatcher_class=hostile("train", escape))
+
+
+def test_a_site_shares_only_under_a_majority_threshold():
+    """With a threshold of half the sites or fewer, a coordinator that names a site a survivor to one
+    half and dropped to the other gets both of its secrets, hence its update."""
+    from fedseg.privacy.secagg import SecAggError, SiteMasking
+
+    sites = {name: SiteMasking(name, b"c" * 24) for name in "abcd"}
+    keys = {name: site.public_keys() for name, site in sites.items()}
+    assert len(sites["a"].share(keys, 3)) == 3
+    with pytest.raises(SecAggError, match="not a majority"):
+        sites["b"].share(keys, 2)
