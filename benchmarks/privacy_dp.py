@@ -29,10 +29,17 @@ from fedseg.privacy.config import PrivacyConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def variant(base: Experiment, epsilon: float | None, max_grad_norm: float) -> Experiment:
+def variant(base: Experiment, epsilon: float | None, max_grad_norm: float, batch_size: int | None) -> Experiment:
     privacy = PrivacyConfig() if epsilon is None else PrivacyConfig(dp="sample", epsilon=epsilon, delta=1e-5,
                                                                     max_grad_norm=max_grad_norm)
-    return dataclasses.replace(base, privacy=privacy)
+    training = dataclasses.replace(base.training, batch_size=batch_size or base.training.batch_size)
+    return dataclasses.replace(base, privacy=privacy, training=training)
+
+
+def parse_run(text: str) -> tuple[float | None, int | None]:
+    """``EPSILON[:BATCH]`` (``none`` for no DP), e.g. ``8:16``."""
+    epsilon, _, batch = text.partition(":")
+    return (None if epsilon == "none" else float(epsilon)), (int(batch) if batch else None)
 
 
 def run(experiment: Experiment, out: Path) -> dict:
@@ -54,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hippocampus", action="store_true", help="examples/hippocampus_fedavg.toml")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
+    parser.add_argument("--runs", nargs="+", default=["none", "1", "4", "8"],
+                        help="EPSILON[:BATCH] per run, 'none' without DP; BATCH overrides [training] batch_size")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--device", default=None, help="training.device, e.g. cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds on tiny synthetic sites")
@@ -74,19 +82,21 @@ def main() -> None:
     federation = dataclasses.replace(base.federation, rounds=args.rounds or base.federation.rounds)
     training = dataclasses.replace(base.training, device=args.device or base.training.device)
     base = dataclasses.replace(base, federation=federation, training=training)
-    epsilons = [None, *(args.epsilons[:1] if args.quick else args.epsilons)]
+    runs = [parse_run(text) for text in (args.runs[:2] if args.quick else args.runs)]
     rows = []
-    for epsilon in epsilons:
-        name = "no DP" if epsilon is None else f"epsilon {epsilon:g}"
+    for epsilon, batch in runs:
+        name = ("no DP" if epsilon is None else f"epsilon {epsilon:g}") + f", batch {batch or base.training.batch_size}"
         print(f"running {name} ...", flush=True)
-        rows.append((name, run(variant(base, epsilon, args.max_grad_norm), out / name.replace(" ", "_"))))
+        rows.append((name, run(variant(base, epsilon, args.max_grad_norm, batch),
+                               out / name.replace(" ", "_").replace(",", ""))))
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1][1].items()), flush=True)
     clean = rows[0][1]["dice"]
     print(f"\n{base.name}: {federation.rounds} rounds, {base.training.local_epochs} local epoch(s), "
           f"max_grad_norm {args.max_grad_norm:g}, delta 1e-5, device {training.device}")
-    print(f"{'run':<14}{'test Dice':>10}{'of no DP':>10}{'eps spent':>11}{'attack AUC':>12}{'seconds':>9}")
+    print(f"{'run':<24}{'test Dice':>10}{'of first':>10}{'eps spent':>11}{'attack AUC':>12}{'seconds':>9}")
     for name, row in rows:
-        print(f"{name:<14}{row['dice']:>10.3f}{row['dice'] / clean:>10.1%}{row['spent']:>11.2f}{row['auc']:>12.3f}"
-              f"{row['seconds']:>9.0f}")
+        print(f"{name:<24}{row['dice']:>10.3f}{row['dice'] / clean:>10.1%}{row['spent']:>11.2f}{row['auc']:>12.3f}"
+              f"{row['seconds']:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ VARIANTS = {"plain FedAvg": {}, "secure aggregation": {"secure_aggregation": Tru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
@@ -55,7 +55,8 @@ def main() -> None:
         rows.append((name, statistics.median(seconds)))
         print(f"{name}: rounds {[round(s, 2) for s in seconds]}", flush=True)
     parameters = sum(int(v.size) for v in initial_weights(experiment).values())
-    print(f"\n{parameters:,} parameters, 3 sites, {args.steps} local steps of batch 4 per round (simulation)")
+    steps = 1 if args.quick else args.steps
+    print(f"\n{parameters:,} parameters, 3 sites, {steps} local steps of batch 4 per round (simulation)")
     print(f"{'':<22}{'round (s)':>10}{'vs plain':>10}")
     for name, seconds in rows:
         print(f"{name:<22}{seconds:>10.2f}{seconds / rows[0][1]:>10.3f}")
