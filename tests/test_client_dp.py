@@ -58,5 +58,7 @@ def test_noise_is_secret_but_a_resumed_plan_adds_the_same(tmp_path):
                               other.aggregate_train(0, start(), updates)["w"])  # same seed, other secret
     resumed = plan_with_dp(cls=FedOpt)
     resumed.load_state_dict(first.state_dict())
+    assert "client_dp_secret" not in first.state_dict()  # checkpoints never hold it: study keeps it apart
+    resumed.client_dp.secret = first.client_dp.secret
     assert np.array_equal(first.aggregate_train(1, start(), updates)["w"],
                           resumed.aggregate_train(1, start(), updates)["w"])

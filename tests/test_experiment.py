@@ -110,6 +110,7 @@ def test_resolved_experiment_round_trips_through_toml(tmp_path):
      "privacy.secure_aggregation needs a plan that averages"),
     ({"privacy": {"secure_aggregation": True, "homomorphic": True}}, "choose one of privacy.secure_aggregation"),
     ({"privacy": {"dp": "sample", "epsilon": 8}, "model": {"norm": "batch"}}, "cannot train batch norm"),
+    ({"privacy": {"dp": "sample", "epsilon": 8}, "model": {"name": "SegResNet"}}, "set [model] name = \"UNet\""),
 ])
 def test_mistakes_name_the_file_section_and_key(tmp_path, change, message):
     path = write(tmp_path, {**MINIMAL, **change})

@@ -79,7 +79,8 @@ class Coordinator(FlareController):
         self.set_state("running", rounds=rounds)
         he_public = load_he_context(self.kit(), secret=False) if experiment.privacy.homomorphic else None
         engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites],
-                              federation=True, he_public=he_public)
+                              federation=True, he_public=he_public,
+                              secrets=self.kit() / "fedseg-state" / run_dir.root.name)  # not in the download
         engine.on_round = lambda round, records: self.set_state("running", rounds=rounds, round=round, last=records)
         weights = engine.run(initial_weights(experiment), rounds, resume=resume)
         run_dir.save_model("FL_global", weights)

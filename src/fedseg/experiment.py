@@ -163,7 +163,7 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
     faults = _faults(data.get("faults", {}), names, where)
     try:
         sections["privacy"].check_with(plan["name"], plan, sections["guard"].norm_action, sections["model"].norm,
-                                       len(sites))
+                                       len(sites), sections["model"].name)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return Experiment(name=name, seed=seed, sites=sites, arms=tuple(arms), plan=plan, faults=faults,

@@ -12,6 +12,7 @@ from typing import Any
 from fedseg.data.dataset import SiteDataset, SiteSpec
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
+from fedseg.files import write_text_atomic
 from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, failures, write_cross_site_csv
 from fedseg.evaluation.results import summarise_model
 from fedseg.evaluation.statistics import paired_comparisons
@@ -73,12 +74,34 @@ def initial_weights(experiment: Experiment) -> Weights:
     return get_weights(build_site_network(experiment.model, experiment.task, experiment.training.loss))
 
 
+def keep_client_dp_secret(plan: ComputePlan, folder: Path) -> None:
+    """Client-level DP's noise secret for this run, kept in ``folder`` (created on first use, owner
+    only) and never in the run directory, whose checkpoints others may download: with the secret
+    anyone could take the noise out of the published models."""
+    dp = getattr(plan, "client_dp", None)
+    if dp is None:
+        return
+    path = folder / "client_dp_secret"
+    if path.exists():
+        text = path.read_text().strip()
+        if not text.isdigit():
+            raise UserError(f"{path} is damaged: restore it to resume this run, or start a new run "
+                            "(the run's noise cannot be reproduced without it)")
+        dp.secret = int(text)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, f"{dp.secret}\n")
+    path.chmod(0o600)
+
+
 def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory,
                  sites: list[str], observer: RoundObserver | None = None, federation: bool = False,
-                 he_public: bytes | None = None) -> RoundEngine:
+                 he_public: bytes | None = None, secrets: Path | None = None) -> RoundEngine:
     """The round engine with the experiment's round policy, guard and classes; for the
     ``federation`` (not a one-site comparison arm) with the experiment's secure sum, if any
-    (``he_public``: the consortium's public CKKS context)."""
+    (``he_public``: the consortium's public CKKS context). ``secrets``: where the coordinator keeps
+    what must not be in the run directory (default: its ``private`` folder, for a simulation)."""
+    keep_client_dp_secret(plan, secrets or run_dir.root / "private")
     privacy = experiment.privacy
     secure = SecureSum(privacy.secure_sum, privacy.clip, he_public) if federation and privacy.secure_sum else None
     return RoundEngine(plan, dispatcher, run_dir, sites, experiment.deployment, experiment.guard,

@@ -84,10 +84,3 @@ class ClientDP:
         spent = self.spent(round + 1)
         return {"client_dp": {"epsilon": spent if math.isfinite(spent) else None, "delta": self.delta,
                               "noise_multiplier": self.noise_multiplier, "clip": self.clip}}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"client_dp_secret": self.secret}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "client_dp_secret" in state:
-            self.secret = int(state["client_dp_secret"])

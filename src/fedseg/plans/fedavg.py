@@ -89,12 +89,6 @@ class FedAvg(ComputePlan):
     def round_summary(self) -> dict[str, Any]:
         return dict(self._summary)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.client_dp.state_dict() if self.client_dp is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.client_dp is not None:
-            self.client_dp.load_state_dict(state)
 
 
 class Averaging(Aggregation):

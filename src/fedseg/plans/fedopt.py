@@ -84,9 +84,8 @@ class FedOpt(FedAvg):
         return -self.server_lr * m / (np.sqrt(v) + self.tau), m, v
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "m": dict(self.m), "v": dict(self.v)}
+        return {"m": dict(self.m), "v": dict(self.v)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
         self.m = {k: np.array(a, dtype=np.float64) for k, a in state["m"].items()}
         self.v = {k: np.array(a, dtype=np.float64) for k, a in state["v"].items()}

@@ -24,6 +24,8 @@ from fedseg.tables import check_range
 
 DP_MODES = ("off", "sample", "client")
 ACCOUNTANTS = ("rdp", "prv")
+DP_NETWORKS = ("UNet", "BasicUNet")
+"""Networks whose per-case gradients Opacus computes (``training.private`` says why not SegResNet)."""
 AVERAGING_PLANS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 """Plans whose aggregation is a weighted mean followed by the plan's own step: the ones a secure
 sum and client-level DP can serve."""
@@ -87,9 +89,13 @@ class PrivacyConfig:
             ["homomorphic encryption (CKKS)"] if self.homomorphic else [])
 
     def check_with(self, plan: str, options: dict, norm_action: str, model_norm: str,
-                   n_sites: int) -> None:
+                   n_sites: int, model_name: str = "UNet") -> None:
         """ValueError when the rest of the experiment cannot serve these mechanisms; the message says
         what to change."""
+        if self.dp == "sample" and model_name not in DP_NETWORKS:
+            raise ValueError(f"privacy.dp = \"sample\" cannot train {model_name!r:.40}: its residual blocks add in "
+                             "place onto a layer's output, which per-case gradients (Opacus) cannot follow; set "
+                             "[model] name = \"UNet\" or \"BasicUNet\"")
         if self.dp == "sample" and model_norm == "batch":
             raise ValueError("privacy.dp = \"sample\" cannot train batch norm (it mixes the cases of a batch, so "
                              "a case's gradient is not its own): set [model] norm = \"instance\" or \"group\"")

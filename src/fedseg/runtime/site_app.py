@@ -64,6 +64,7 @@ class SiteApp:
                  he_secret: bytes | None = None):
         self.name, self.trainer, self.pseudonyms, self.fault = name, trainer, pseudonyms, check_fault(fault)
         self.template = trainer.weights()
+        self.attacked = False
         self.secure = SecureSite(name, self.template, he_secret)
         """The site's side of secure sums (``he_secret``: its CKKS key from the kit, if any)."""
 
@@ -96,9 +97,13 @@ class SiteApp:
 
     def _membership(self, weights: Weights) -> dict[str, float]:
         """The loss-threshold attack on this site's training vs test cases: one AUC leaves the site,
-        no case's loss."""
+        no case's loss, and only once per run (it is a statistic of the training cases that no DP
+        budget covers: asked again with other weights, it would tell more)."""
         from fedseg.privacy.membership import attack_auc
 
+        if self.attacked:
+            raise UpdateRejected("this site scores the membership attack once per run")
+        self.attacked = True
         members, others = self.trainer.case_losses(weights, "train"), self.trainer.case_losses(weights, "test")
         auc = attack_auc(members, others) if members and others else float("nan")
         return {"membership_auc": auc, "train_cases": float(len(members)), "test_cases": float(len(others))}
