@@ -88,9 +88,10 @@ def _deployment_commands(commands) -> None:
     site.add_argument("--share-logs", action="store_true",
                       help="let the coordinator receive this site's job error logs and its admins read the "
                            "site's logs (off by default: log lines may name patients' files)")
-    site.add_argument("--fault", metavar="KIND",
-                      help="robustness testing only: this site misbehaves on purpose (nan, random, scale:K, drop) "
-                           "so the coordinator's guards can be seen at work")
+    site.add_argument("--fault", metavar="KIND", help="robustness testing only: this site misbehaves on purpose "
+                      "(nan, random, scale:K, drop) so the coordinator's guards can be seen at work")
+    site.add_argument("--max-epsilon", type=float, metavar="E", help="train only under sample-level DP, with "
+                      "epsilon <= E for all runs together (this site's own privacy budget)")
     site.set_defaults(handler=_site)
 
     submit = commands.add_parser("submit", help="run an experiment file on the consortium")
@@ -215,8 +216,7 @@ def _server(args) -> int:
 def _site(args) -> int:
     from fedseg.consortium import run_site
 
-    run_site(args.kit, args.data, share_logs=args.share_logs, fault=args.fault)
-    return 0
+    return run_site(args.kit, args.data, share_logs=args.share_logs, fault=args.fault, max_epsilon=args.max_epsilon)
 
 
 def _submit(args) -> int:

@@ -15,6 +15,8 @@ and FL_local models live at one site each, and centralized training needs pooled
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +24,12 @@ from pathlib import Path
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment, parse_experiment
-from fedseg.files import safe_name
+from fedseg.files import safe_name, write_text_atomic
 from fedseg.report.markdown import write_report
 from fedseg.runtime.flare.controller import FlareController
 from fedseg.runtime.flare.executor import FlareSiteExecutor
 from fedseg.runtime.flare.job import Components
+from fedseg.runtime.flare.processes import MAX_EPSILON_ENV
 from fedseg.runtime.flare.provision import load_he_context
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
@@ -60,6 +63,29 @@ def unbounded_sites(experiment: Experiment) -> list[str]:
 
 def parse_text(text: str) -> Experiment:
     return parse_experiment(loads_toml(text, "the job's experiment"))
+
+
+def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run: str) -> None:
+    """A site started with ``--max-epsilon`` trains a run only under sample-level DP whose epsilon,
+    added to what its other runs were allowed (basic composition, kept in ``state/dp_runs.json``;
+    a resumed run counts once), stays within ``cap``; else a UserError in the site's log."""
+    privacy, record = experiment.privacy, state / "dp_runs.json"
+    if privacy.dp != "sample":
+        raise UserError(f"site '{site}' trains only under sample-level DP (it was started with --max-epsilon "
+                        f"{cap:g}): set [privacy] dp = \"sample\" and epsilon <= {cap:g}")
+    try:
+        runs = json.loads(record.read_text()) if record.exists() else {}
+        runs = {str(name): float(value) for name, value in runs.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise UserError(f"{record} is damaged: this site's record of the budgets its runs were allowed; restore "
+                        "it (deleting it forgets what earlier runs spent)") from None
+    others = sum(value for name, value in runs.items() if name != run)
+    if others + privacy.epsilon > cap + 1e-9:
+        raise UserError(f"site '{site}': epsilon {privacy.epsilon:g} for run '{run}' and {others:g} for its other "
+                        f"runs exceed this site's --max-epsilon {cap:g}: lower [privacy] epsilon to at most "
+                        f"{max(cap - others, 0):g}")
+    state.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record, json.dumps({**runs, run: privacy.epsilon}, indent=2) + "\n")
 
 
 class Coordinator(FlareController):
@@ -107,6 +133,8 @@ class Site(FlareSiteExecutor):
             dataset = load_site(parsed, replace(specs[site], path=Path(data)))
         except DataError as exc:
             raise UserError(f"site '{site}': {exc}") from None
+        if os.environ.get(MAX_EPSILON_ENV):
+            site_budget(parsed, site, float(os.environ[MAX_EPSILON_ENV]), self.kit / "fedseg-state", state_dir.parent.name)
         he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
         return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret)
 
