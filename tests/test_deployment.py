@@ -277,6 +277,40 @@ def test_homomorphic_encryption_with_keys_from_provisioning_equals_its_simulatio
 
 
 @pytest.mark.slow
+def test_sample_level_dp_in_deployment_spends_each_sites_budget(consortium, experiment_file, workspace):
+    experiment = experiment_file("private", rounds=2, privacy={"dp": "sample", "epsilon": 8.0, "delta": 1e-2})
+    ended = run_deployed(consortium, experiment, workspace / "private-deployed")
+    assert ended["state"] == "finished", ended
+    metrics = RunDirectory(workspace / "private-deployed").read_metrics()
+    assert all("train_loss" not in m and 0 < m["epsilon"] <= 8.0 for m in metrics)
+    assert [m["epsilon"] for m in metrics if m["round"] == 1 and m["site"] == "hospital_a"][0] >= 7.9
+    results = json.loads((workspace / "private-deployed" / "results.json").read_text())
+    assert set(results["privacy"]["epsilon"]) == set(consortium.sites)
+    assert set(results["privacy"]["membership_auc"]) == set(consortium.sites)
+    assert "## Privacy" in (workspace / "private-deployed" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_client_level_dp_over_a_secure_sum_in_deployment(consortium, experiment_file, workspace):
+    """Sites clip their own change (the coordinator cannot see it), the coordinator noises the sum and
+    keeps the noise's secret in its kit, out of the run directory admins download."""
+    experiment = experiment_file("private-sum", rounds=2, guard={"norm_action": "off"},
+                                 plan={"name": "fedavg", "weighted_by": "uniform"},
+                                 privacy={"dp": "client", "epsilon": 8.0, "clip": 1.0, "delta": 0.1,
+                                          "secure_aggregation": True})
+    ended = run_deployed(consortium, experiment, workspace / "private-sum-deployed")
+    assert ended["state"] == "finished", ended
+    firsts = [m for m in RunDirectory(workspace / "private-sum-deployed").read_metrics() if "plan" in m]
+    assert [m["plan"]["secure_sum"] for m in firsts] == ["masks", "masks"]
+    assert 7.9 <= firsts[-1]["plan"]["client_dp"]["epsilon"] <= 8.0
+    kept = consortium.kits["coordinator"] / "fedseg-state" / "private-sum" / "client_dp_secret"
+    assert kept.is_file()
+    downloaded = [p for p in (workspace / "private-sum-deployed").rglob("*") if p.is_file()]
+    assert not any(p.name == "client_dp_secret" for p in downloaded)
+    assert not any(kept.read_bytes().strip() in p.read_bytes() for p in downloaded)
+
+
+@pytest.mark.slow
 def test_a_kit_from_another_project_cannot_join_or_submit(consortium, workspace):
     # same project name, host and ports as the real consortium, but its own certificate authority
     project = workspace / "intruders.toml"
