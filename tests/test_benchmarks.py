@@ -34,3 +34,13 @@ def test_fault_injection_quick_runs():
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| scale:100 |" in result.stdout and "clean FedAvg" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, expected", [
+    ("privacy_dp.py", "attack AUC"), ("privacy_overhead.py", "secure aggregation"), ("homomorphic.py", "FLARE")])
+def test_privacy_benchmarks_quick_run(script, expected):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert expected in result.stdout, result.stdout

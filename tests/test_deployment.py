@@ -291,6 +291,13 @@ def test_sample_level_dp_in_deployment_spends_each_sites_budget(consortium, expe
 
 
 @pytest.mark.slow
+def test_a_delta_too_large_for_a_sites_cases_stops_the_job_with_what_to_set(consortium, experiment_file, workspace):
+    experiment = experiment_file("private-delta", rounds=1, privacy={"dp": "sample", "epsilon": 8.0, "delta": 0.5})
+    ended = run_deployed(consortium, experiment, workspace / "private-delta-deployed")
+    assert ended["state"] == "failed" and "set [privacy] delta below 0.167" in ended["error"], ended
+
+
+@pytest.mark.slow
 def test_client_level_dp_over_a_secure_sum_in_deployment(consortium, experiment_file, workspace):
     """Sites clip their own change (the coordinator cannot see it), the coordinator noises the sum and
     keeps the noise's secret in its kit, out of the run directory admins download."""

@@ -108,6 +108,13 @@ class Coordinator(FlareController):
                               federation=True, he_public=he_public,
                               secrets=self.kit() / "fedseg-state" / run_dir.root.name)  # not in the download
         engine.on_round = lambda round, records: self.set_state("running", rounds=rounds, round=round, last=records)
+        engine.join(set(engine.sites))
+        if experiment.privacy.dp == "sample":  # said here: a site's own refusal stays in its log
+            cases = {site: d["train"] for site, d in engine.declared.items()}
+            if too_few := {site: n for site, n in cases.items() if experiment.privacy.delta >= 1 / n}:
+                raise UserError(f"privacy.delta = {experiment.privacy.delta:g} must be below 1 / (a site's training "
+                                f"cases), and these sites declared fewer: {too_few}: set [privacy] delta below "
+                                f"{1 / max(cases.values()):.3g}")
         weights = engine.run(initial_weights(experiment), rounds, resume=resume)
         run_dir.save_model("FL_global", weights)
         scores, unscored = engine.evaluate(weights)

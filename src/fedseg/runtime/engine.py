@@ -121,7 +121,7 @@ class RoundEngine:
         if self.observer:
             self.observer.round_started(round, list(chosen))
         for attempt in range(self.policy.round_retries + 1):
-            self._join(set(chosen))  # a site back after a drop-out declares itself before it trains
+            self.join(set(chosen))  # a site back after a drop-out declares itself before it trains
             intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard,
                                  self._last_norms)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
@@ -170,7 +170,7 @@ class RoundEngine:
         return new_weights
 
     # -- joining, validation, final scores -------------------------------------------------------
-    def _join(self, sites: set[str]) -> None:
+    def join(self, sites: set[str]) -> None:
         """Ask sites that have not declared their case counts yet to do so."""
         missing = {site: None for site in sorted(sites - set(self.declared)) if site in self.dispatcher.available()}
 
@@ -198,7 +198,7 @@ class RoundEngine:
         """Every available site's per-case test scores of ``weights``, and the reasons of sites
         whose scores were rejected or missing."""
         targets = [site for site in (sites or self.sites) if site in self.dispatcher.available()]
-        self._join(set(targets))
+        self.join(set(targets))
         scores: dict[str, list[CaseMetrics]] = {}
         problems: dict[str, str] = {}
 
