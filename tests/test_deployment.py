@@ -147,7 +147,8 @@ def test_deployed_fedavg_equals_simulation(fedavg_run, workspace):
 @pytest.mark.slow
 def test_coordinator_receives_only_weights_and_scores(fedavg_run, workspace):
     received = [json.loads(line) for line in (fedavg_run / "received.jsonl").read_text().splitlines()]
-    assert {r["task"] for r in received} == {"join", "train", "validate", "evaluate"}
+    assert {r["task"] for r in received} == {"join", "train", "validate", "evaluate", "membership"}
+    assert [r["metrics"]["train_cases"] for r in received if r["task"] == "membership"] == [6.0] * 3  # one AUC each
     assert len([r for r in received if r["task"] == "train"]) == 3 * 3
     assert all(r["verdict"] == "accepted" for r in received)
     assert len([r for r in received if r["task"] == "join"]) == 3  # each site declares its cases once

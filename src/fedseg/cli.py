@@ -216,7 +216,7 @@ def _server(args) -> int:
 def _site(args) -> int:
     from fedseg.consortium import run_site
 
-    return run_site(args.kit, args.data, share_logs=args.share_logs, fault=args.fault, max_epsilon=args.max_epsilon)
+    return run_site(args.kit, args.data, args.share_logs, args.fault, args.max_epsilon) or 0  # it execs: no return
 
 
 def _submit(args) -> int:
