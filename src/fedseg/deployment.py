@@ -141,7 +141,8 @@ class Site(FlareSiteExecutor):
         except DataError as exc:
             raise UserError(f"site '{site}': {exc}") from None
         if os.environ.get(MAX_EPSILON_ENV):
-            site_budget(parsed, site, float(os.environ[MAX_EPSILON_ENV]), self.kit / "fedseg-state", state_dir.parent.name)
+            cap = float(os.environ[MAX_EPSILON_ENV])
+            site_budget(parsed, site, cap, self.kit / "fedseg-state", state_dir.parent.name)
         he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
         return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret)
 

@@ -26,8 +26,8 @@ from fedseg.errors import UserError
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.checks import UpdateRejected
 from fedseg.runtime.audit import AUDIT_FILE, append_audit
-from fedseg.runtime.intake import (MEMBERSHIP_METRICS, VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases, check_declaration,
-                                   check_metrics)
+from fedseg.runtime.intake import (MEMBERSHIP_METRICS, VALIDATE_METRICS, GuardConfig, RoundIntake, check_cases,
+                                   check_declaration, check_metrics)
 from fedseg.runtime.records import round_records
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.secure_sum import SecureSum
@@ -136,8 +136,8 @@ class RoundEngine:
                 if self.secure is not None:  # extra phases before training; the sum replaces the plan's aggregation
                     configs, intake.aggregation = self.secure.begin(self.plan, round, weights, configs,
                                                                     self.declared, self._ask(round))
-                self.dispatcher.dispatch("train", weights, configs, self._handler("train", take, intake.rejected, round),
-                                         self.policy.round_timeout)
+                on_update = self._handler("train", take, intake.rejected, round)
+                self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
                 (new_weights, guarded), problem = intake.finish(), None
             except UpdateRejected as exc:
                 new_weights, guarded, problem = None, {}, str(exc)
@@ -157,7 +157,8 @@ class RoundEngine:
             self.dispatcher.wait_for(set(chosen), self.policy.round_timeout)
         missing = sorted(set(chosen) - set(intake.accepted) - set(intake.rejected))
         records = round_records(round, intake, self.plan.round_summary(), guarded, missing)
-        self._last_norms = ([*self._last_norms, *(intake.norms[site] for site in sorted(intake.accepted) if site in intake.norms)])[-HISTORY:]
+        norms = [intake.norms[site] for site in sorted(intake.accepted) if site in intake.norms]  # none: a secure sum
+        self._last_norms = [*self._last_norms, *norms][-HISTORY:]
         if self.validate_global:
             self._validate(new_weights, records)
         if records:
