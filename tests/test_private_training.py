@@ -35,8 +35,10 @@ def site(png_site, task_2d, build_dataset):
 
 def dp_trainer(data, state_dir=None, epsilon=4.0, trainings=2, model=MODEL, **training):
     training = {"lr": 1e-2, "batch_size": 2, "local_steps": 2, "validate_local": False, **training}
-    return SiteTrainer(data, model, TrainingConfig(**training), state_dir=state_dir,
-                       privacy=PrivacyConfig(dp="sample", epsilon=epsilon, max_grad_norm=1.0), dp_trainings=trainings)
+    trainer = SiteTrainer(data, model, TrainingConfig(**training), state_dir=state_dir,
+                          privacy=PrivacyConfig(dp="sample", epsilon=epsilon, max_grad_norm=1.0), dp_trainings=trainings)
+    assert trainer.private is not None  # set up now (it is otherwise at the first training): Opacus's hooks
+    return trainer
 
 
 def same(a, b):
@@ -160,7 +162,10 @@ def test_the_noise_comes_from_the_site_secret_not_the_round_seed(site, tmp_path)
 def test_delta_must_be_below_one_over_the_training_cases(site):
     with pytest.raises(UserError, match=r"site png_site: privacy.delta = 0.3 must be below 1 / \(its 4 training "
                                         r"cases\) = 0.25.*set privacy.delta to at most 0.1"):
-        SiteTrainer(site(), MODEL, TrainingConfig(), privacy=PrivacyConfig(dp="sample", epsilon=1.0, delta=0.3))
+        trainer = SiteTrainer(site(), MODEL, TrainingConfig(), privacy=PrivacyConfig(dp="sample", epsilon=1.0,
+                                                                                      delta=0.3))
+        assert trainer.case_counts()["train"] == 4  # it can still join: the coordinator then says what to set
+        trainer.train(trainer.weights(), RoundConfig(round=0, seed=1))
 
 
 def test_cases_are_poisson_sampled_and_an_epoch_is_one_over_q_steps(site, monkeypatch):

@@ -216,6 +216,8 @@ class RoundIntake:
                     self.aggregation.add(site, update)
                 except UpdateRejected as exc:
                     self._refuse(site, str(exc))
+        if not self.accepted and not self.rejected:
+            raise UpdateRejected("no site sent an update (a site whose task failed keeps the reason in its own log)")
         if not self.accepted:
             raise UpdateRejected("every update of the round was rejected: "
                                  + "; ".join(f"{site}: {reason}" for site, reason in sorted(self.rejected.items())))

@@ -56,12 +56,21 @@ class SiteTrainer:
         self.roi_size = data.preprocessing.patch_size
         self.state_dir = state_dir
         self._optimizer: torch.optim.Optimizer | None = None
-        self.private = None
-        if privacy is not None and privacy.dp == "sample":
+        self._private = None
+        self._dp = (model, privacy, dp_trainings, dp_fine_tune_epochs) if privacy and privacy.dp == "sample" else None
+
+    @property
+    def private(self):
+        """DP-SGD's state (``training.private``), set up at the first training, not before: a site
+        whose DP settings cannot work (delta >= 1 / its cases) still joins, so the coordinator can
+        say what to change."""
+        if self._private is None and self._dp is not None:
             from fedseg.training.private import PrivateTraining  # Opacus: loaded only for DP-SGD
 
-            self.private = PrivateTraining(data.name, self.network, data, model, config, privacy, dp_trainings,
-                                           dp_fine_tune_epochs, state_dir)
+            model, privacy, trainings, fine_tune_epochs = self._dp
+            self._private = PrivateTraining(self.data.name, self.network, self.data, model, self.config, privacy,
+                                            trainings, fine_tune_epochs, self.state_dir)
+        return self._private
 
     @property
     def name(self) -> str:
