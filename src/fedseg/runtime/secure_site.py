@@ -27,7 +27,7 @@ noise, and exact decryptions handed to whoever holds the ciphertexts help recove
 (Li and Micciancio 2021). Rounding drops most of that noise (about 1e-10 here) at a cost far
 below the 1e-6 the sum must keep; it narrows the attack, it does not close it (README)."""
 CONTEXT_BYTES = 24
-"""A round's context: the run's 16 random bytes and the round number."""
+"""An attempt at a round: the run's 16 random bytes and the number of the attempt (never reused)."""
 
 
 class SecureSite:
