@@ -65,6 +65,7 @@ def main() -> None:
                         help="EPSILON[:BATCH] per run, 'none' without DP; BATCH overrides [training] batch_size")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--device", default=None, help="training.device, e.g. cuda")
+    parser.add_argument("--channels", type=int, nargs="+", default=None, help="[model] channels (a smaller U-Net)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds on tiny synthetic sites")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
@@ -81,7 +82,8 @@ def main() -> None:
                                                 n_cases=10 if args.quick else 40))
     federation = dataclasses.replace(base.federation, rounds=args.rounds or base.federation.rounds)
     training = dataclasses.replace(base.training, device=args.device or base.training.device)
-    base = dataclasses.replace(base, federation=federation, training=training)
+    model = dataclasses.replace(base.model, channels=tuple(args.channels)) if args.channels else base.model
+    base = dataclasses.replace(base, federation=federation, training=training, model=model)
     runs = [parse_run(text) for text in (args.runs[:2] if args.quick else args.runs)]
     rows = []
     for epsilon, batch in runs:
@@ -92,7 +94,7 @@ def main() -> None:
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1][1].items()), flush=True)
     clean = rows[0][1]["dice"]
     print(f"\n{base.name}: {federation.rounds} rounds, {base.training.local_epochs} local epoch(s), "
-          f"max_grad_norm {args.max_grad_norm:g}, delta 1e-5, device {training.device}")
+          f"max_grad_norm {args.max_grad_norm:g}, delta 1e-5, device {training.device}, channels {model.channels}")
     print(f"{'run':<24}{'test Dice':>10}{'of first':>10}{'eps spent':>11}{'attack AUC':>12}{'seconds':>9}")
     for name, row in rows:
         print(f"{name:<24}{row['dice']:>10.3f}{row['dice'] / clean:>10.1%}{row['spent']:>11.2f}{row['auc']:>12.3f}"
