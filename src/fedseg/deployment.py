@@ -111,7 +111,7 @@ class Coordinator(FlareController):
         engine.join(set(engine.sites))
         if experiment.privacy.dp == "sample":  # said here: a site's own refusal stays in its log
             cases = {site: d["train"] for site, d in engine.declared.items()}
-            if too_few := {site: n for site, n in cases.items() if experiment.privacy.delta >= 1 / n}:
+            if too_few := {site: n for site, n in cases.items() if not experiment.privacy.delta_fits(n)}:
                 raise UserError(f"privacy.delta = {experiment.privacy.delta:g} must be below 1 / (a site's training "
                                 f"cases), and these sites declared fewer: {too_few}: set [privacy] delta below "
                                 f"{1 / max(cases.values()):.3g}")

@@ -12,12 +12,12 @@ from typing import Any
 from fedseg.data.dataset import SiteDataset, SiteSpec
 from fedseg.data.errors import DataError
 from fedseg.errors import UserError
-from fedseg.files import write_text_atomic
 from fedseg.evaluation.cross_site import cross_site_matrix, cross_site_records, failures, write_cross_site_csv
 from fedseg.evaluation.results import summarise_model
 from fedseg.evaluation.statistics import paired_comparisons
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.plans.base import ComputePlan
+from fedseg.privacy.ledger import kept_secret
 from fedseg.runtime.engine import Dispatcher, RoundEngine, RoundObserver
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.secure_sum import SecureSum
@@ -78,20 +78,8 @@ def keep_client_dp_secret(plan: ComputePlan, folder: Path) -> None:
     """Client-level DP's noise secret for this run, kept in ``folder`` (created on first use, owner
     only) and never in the run directory, whose checkpoints others may download: with the secret
     anyone could take the noise out of the published models."""
-    dp = getattr(plan, "client_dp", None)
-    if dp is None:
-        return
-    path = folder / "client_dp_secret"
-    if path.exists():
-        text = path.read_text().strip()
-        if not text.isdigit():
-            raise UserError(f"{path} is damaged: restore it to resume this run, or start a new run "
-                            "(the run's noise cannot be reproduced without it)")
-        dp.secret = int(text)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, f"{dp.secret}\n")
-    path.chmod(0o600)
+    if (dp := getattr(plan, "client_dp", None)) is not None:
+        dp.secret = int.from_bytes(kept_secret(folder, "client_dp_secret"), "big")
 
 
 def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatcher, run_dir: RunDirectory,

@@ -18,6 +18,7 @@ from plain values, so that a bad combination is an error before anything runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedseg.tables import check_range
@@ -26,6 +27,19 @@ DP_MODES = ("off", "sample", "client")
 ACCOUNTANTS = ("rdp", "prv")
 DP_NETWORKS = ("UNet", "BasicUNet")
 """Networks whose per-case gradients Opacus computes (``training.private`` says why not SegResNet)."""
+
+
+def dp_network_problem(name: str) -> str | None:
+    """Why sample-level DP cannot train the network ``name``, and what to use; None when it can."""
+    if name in DP_NETWORKS:
+        return None
+    return (f"privacy.dp = \"sample\" cannot train {name:.40}: its residual blocks add in place onto a layer's "
+            "output, which per-case gradients (Opacus) cannot follow; set [model] name = \"UNet\" or \"BasicUNet\"")
+
+
+def largest_delta(cases: int) -> float:
+    """A round delta below 1 / ``cases`` (1e-3 for 300 cases): what to set when delta is too large."""
+    return 10 ** math.floor(math.log10(1 / cases) - 1e-12)
 AVERAGING_PLANS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 """Plans whose aggregation is a weighted mean followed by the plan's own step: the ones a secure
 sum and client-level DP can serve."""
@@ -88,14 +102,17 @@ class PrivacyConfig:
             ["secure aggregation (pairwise masks)"] if self.secure_aggregation else []) + (
             ["homomorphic encryption (CKKS)"] if self.homomorphic else [])
 
+    def delta_fits(self, units: int) -> bool:
+        """Whether delta is below 1 / ``units`` (a site's training cases, or the sites): above it, one
+        unit could be released whole."""
+        return self.delta < 1 / units
+
     def check_with(self, plan: str, options: dict, norm_action: str, model_norm: str,
                    n_sites: int, model_name: str = "UNet") -> None:
         """ValueError when the rest of the experiment cannot serve these mechanisms; the message says
         what to change."""
-        if self.dp == "sample" and model_name not in DP_NETWORKS:
-            raise ValueError(f"privacy.dp = \"sample\" cannot train {model_name!r:.40}: its residual blocks add in "
-                             "place onto a layer's output, which per-case gradients (Opacus) cannot follow; set "
-                             "[model] name = \"UNet\" or \"BasicUNet\"")
+        if self.dp == "sample" and (problem := dp_network_problem(model_name)):
+            raise ValueError(problem)
         if self.dp == "sample" and model_norm == "batch":
             raise ValueError("privacy.dp = \"sample\" cannot train batch norm (it mixes the cases of a batch, so "
                              "a case's gradient is not its own): set [model] norm = \"instance\" or \"group\"")
@@ -118,6 +135,6 @@ class PrivacyConfig:
                              "receives; see the README's privacy section)")
         if self.secure_sum and n_sites < 2:
             raise ValueError("a secure sum needs at least 2 sites")
-        if self.dp == "client" and self.delta >= 1 / n_sites:
+        if self.dp == "client" and not self.delta_fits(n_sites):
             raise ValueError(f"privacy.delta = {self.delta} must be below 1 / (number of sites) = {1 / n_sites:.3g} "
                              "for client-level DP: the unit is a site")

@@ -69,15 +69,16 @@ class PrivacyLedger:
         self.releases, self.noise_multiplier = releases, sigma
 
 
-def site_secret(state_dir: Path | None) -> bytes:
-    """32 random bytes that never leave the site: kept in ``state_dir`` (written once, readable by its
-    owner only), or held in memory when there is none."""
+def kept_secret(state_dir: Path | None, name: str = SECRET) -> bytes:
+    """32 random bytes that never leave their owner (a site's DP secret; the coordinator's client-DP
+    noise secret under another ``name``): kept in ``state_dir`` (written once, readable by its owner
+    only), or held in memory when there is none."""
     if state_dir is None:
         return os.urandom(32)
-    path = state_dir / SECRET
+    path = state_dir / name
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{SECRET}.")  # mode 0600
+        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{name}.")  # mode 0600
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(os.urandom(32).hex())
@@ -91,5 +92,5 @@ def site_secret(state_dir: Path | None) -> bytes:
             os.unlink(tmp)
     text = path.read_text(errors="replace").strip()
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise UserError(f"{path}: this site's DP secret is damaged; restore it, or start a new run (a new --out)")
+        raise UserError(f"{path}: this DP secret is damaged; restore it, or start a new run (a new --out)")
     return bytes.fromhex(text)

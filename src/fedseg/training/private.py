@@ -62,12 +62,11 @@ from fedseg.data.dataset import SiteDataset
 from fedseg.errors import UserError
 from fedseg.models.registry import ModelConfig
 from fedseg.privacy.accounting import epsilon_spent, noise_multiplier
-from fedseg.privacy.config import PrivacyConfig
-from fedseg.privacy.ledger import PrivacyLedger, site_secret
+from fedseg.privacy.config import PrivacyConfig, dp_network_problem, largest_delta
+from fedseg.privacy.ledger import PrivacyLedger, kept_secret
 from fedseg.training.config import TrainingConfig
 from fedseg.types import RoundConfig
 
-SUPPORTED_NETWORKS = ("UNet", "BasicUNet")
 MAX_STEPS = 10_000_000
 
 
@@ -81,15 +80,13 @@ class PrivateTraining:
     def __init__(self, site: str, network: torch.nn.Module, data: SiteDataset, model: ModelConfig,
                  training: TrainingConfig, privacy: PrivacyConfig, trainings: int, fine_tune_epochs: int,
                  state_dir: Path | None):
-        if model.name not in SUPPORTED_NETWORKS:
-            raise UserError(f"privacy.dp = \"sample\" cannot train {model.name}: its residual blocks add in place "
-                            "onto a layer's output, which Opacus's per-case gradients cannot follow; "
-                            f"set [model] name = \"UNet\" or \"BasicUNet\"")
+        if problem := dp_network_problem(model.name):
+            raise UserError(problem)
         n = data.n_train
-        if privacy.delta >= 1 / n:
+        if not privacy.delta_fits(n):
             raise UserError(f"site {site}: privacy.delta = {privacy.delta:g} must be below 1 / (its {n} training "
                             f"cases) = {1 / n:.3g}, or one case could be released whole: set privacy.delta to at "
-                            f"most {_below(1 / n):g}")
+                            f"most {largest_delta(n):g}")
         self.site, self.network, self.data, self.training, self.privacy = site, network, data, training, privacy
         self.sample_rate = min(1.0, training.batch_size / n)
         self.steps_per_epoch = math.ceil(1 / self.sample_rate)
@@ -108,7 +105,7 @@ class PrivateTraining:
             except ValueError as exc:
                 raise UserError(f"site {site}: {exc}") from None
         self.noise_multiplier = self.ledger.noise_multiplier
-        self.secret = site_secret(state_dir)
+        self.secret = kept_secret(state_dir)
         try:
             self._hooks = GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)
         except NotImplementedError as exc:  # a layer with buffers, e.g. batch norm's running statistics
@@ -211,8 +208,3 @@ def _deterministic_cudnn():
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
-def _below(limit: float) -> float:
-    """A round value of delta below ``limit`` (e.g. 1e-3 below 1/300)."""
-    return 10 ** math.floor(math.log10(limit) - 1e-12)
