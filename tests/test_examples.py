@@ -7,7 +7,8 @@ import pytest
 from fedseg.experiment import load_experiment
 from fedseg.study import load_sites
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.toml")
+                  if not p.stem.endswith("_sweep"))  # sweep grids: tests/test_sweep.py
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -14,7 +14,8 @@ LAYERS = [
     {"plans"},
     {"runtime"},
     {"evaluation", "report"},
-    {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli"},
+    {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli",
+     "cli_deployment", "sweep", "sweep_report"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
