@@ -254,7 +254,7 @@ def test_build_plan_by_name_with_its_options():
     assert isinstance(single, SingleWeightTransfer) and single.cycles == 1
 
 
-AVERAGING_OPTIONS = "weighted_by, metric_floor, fraction, min_sites, aggregator, trim, clip_factor"
+AVERAGING_OPTIONS = "weighted_by, metric_floor, fraction, min_sites, aggregator, trim, clip_factor, local_norm"
 
 
 @pytest.mark.parametrize("name, key, allowed", [

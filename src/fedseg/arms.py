@@ -2,7 +2,8 @@
 
 - ``federated``: the compute plan over all sites -> ``FL_global``; with
   ``federation.fine_tune_epochs > 0`` each site then fine-tunes it on its own training data ->
-  ``FL_local_<site>`` (Wang et al.'s FL_local).
+  ``FL_local_<site>`` (Wang et al.'s FL_local). With ``[plan] local_norm`` (FedBN) ``FL_local_<site>``
+  is ``FL_global`` with that site's own normalisation (``training.local_norm``), fine-tuned if asked.
 - ``standalone``: one model per site trained on that site's data only -> ``standalone_<site>``.
 - ``centralized``: one model on all sites' training data pooled -> ``centralized``.
 
@@ -56,7 +57,7 @@ class ArmRunner:
     def federated(self, make_plan: Callable[[], ComputePlan]) -> dict[str, Model]:
         """FL_global (with ``federation.folds = k > 1``: the ensemble of k federations, each on
         its own train/val re-split of every site, as Sarma et al.'s 5 averaged submodels) and,
-        with ``fine_tune_epochs``, each site's FL_local (one per ensemble member)."""
+        with ``fine_tune_epochs`` or ``local_norm``, each site's FL_local (one per ensemble member)."""
         folds = self.experiment.federation.folds
         members: list[tuple[Weights, dict[str, SiteApp]]] = []
         for fold in range(folds):
@@ -68,15 +69,17 @@ class ArmRunner:
             apps = self._apps(datasets, arm_dir.root)
             members.append((self._train(name, make_plan(), apps, arm_dir, federation=True), apps))
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
-        epochs = self.experiment.federation.fine_tune_epochs
-        for site in list(self.datasets) if epochs else []:
+        epochs, local_norm = self.experiment.federation.fine_tune_epochs, self.experiment.plan.get("local_norm") is True
+        for site in list(self.datasets) if epochs or local_norm else []:
             tuned = []
             for fold, (weights, apps) in enumerate(members):
                 name = f"FL_local_{site}" + (f"_fold{fold}" if folds > 1 else "")
                 saved = self._saved(name)
                 if saved is None:
+                    trainer = apps[site].trainer
+                    local = trainer.local_norm.own(weights) if local_norm else weights  # FedBN: its own norm
                     seed = stable_seed(self.experiment.seed, "fine_tune", site, fold)
-                    saved = self._save(name, apps[site].trainer.fine_tune(weights, epochs, seed).weights)
+                    saved = self._save(name, trainer.fine_tune(local, epochs, seed).weights if epochs else local)
                 tuned.append(saved)
             models[f"FL_local_{site}"] = _one_or_all(tuned)
         return models

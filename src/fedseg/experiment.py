@@ -33,6 +33,7 @@ from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.site_app import check_fault
 from fedseg.tables import ConfigError, build_table, check_numbers, read_toml
 from fedseg.training.config import TrainingConfig
+from fedseg.training.local_norm import local_norm_problem
 
 __all__ = ["ConfigError", "Experiment", "load_experiment", "parse_experiment"]
 MAX_SEED = 2**32 - 1
@@ -161,6 +162,9 @@ def parse_experiment(data: dict[str, Any], source: Path | None = None) -> Experi
                           "fully annotated: remove 'centralized' from arms or the sites' labels tables")
     plan = _plan(data.get("plan", {}), seed, sites, sections, where)
     faults = _faults(data.get("faults", {}), names, where)
+    if plan.get("local_norm") is True and (problem := local_norm_problem(sections["model"].norm,
+                                                                         sections["privacy"].dp)):
+        raise ConfigError(f"{where}: {problem}")
     try:
         sections["privacy"].check_with(plan["name"], plan, sections["guard"].norm_action, sections["model"].norm,
                                        len(sites), sections["model"].name)

@@ -23,6 +23,7 @@ from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.secure_sum import SecureSum
 from fedseg.runtime.site_app import SiteApp
 from fedseg.tables import read_toml
+from fedseg.training.local_norm import scoring_note
 from fedseg.types import CaseMetrics, Weights
 
 
@@ -157,6 +158,7 @@ def write_results(run_dir: RunDirectory, experiment: Experiment, scores: dict[st
         rejected_updates=[{"round": r["round"], "site": r["site"], "reason": r["rejected"]}
                           for r in metrics if "rejected" in r],
         unscored_sites=dict(sorted((unscored or {}).items())),
+        plan_notes=[scoring_note(experiment.federation.fine_tune_epochs)] if experiment.plan.get("local_norm") else [],
         privacy=privacy_results(experiment, metrics, membership or {}))
     run_dir.write_json("results.json", results)
     return results

@@ -33,13 +33,15 @@ class FedAvg(ComputePlan):
     def __init__(self, seed: int, local_epochs: int = 1, local_steps: int | None = None,
                  weighted_by: str = "n_samples", metric_floor: float = 0.05, fraction: float = 1.0,
                  min_sites: int = 1, aggregator: str = "mean", trim: float | None = None,
-                 clip_factor: float | None = None, rounds: int = 1):
+                 clip_factor: float | None = None, rounds: int = 1, local_norm: bool = False):
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
         self.seed = seed
         self.local_epochs = local_epochs
         self.local_steps = local_steps
         self.rounds = rounds
+        self.local_norm = local_norm is True
+        """FedBN (``training.local_norm``): each site keeps its own normalisation across rounds."""
         self.weighting = Weighting(weighted_by, metric_floor)
         self.sampling = SiteSampling(fraction, min_sites)
         self.aggregator = Aggregator(aggregator, trim, clip_factor)
@@ -60,8 +62,9 @@ class FedAvg(ComputePlan):
                 for site in self.sampling.choose(self.seed, round, sites)}
 
     def train_extra(self) -> dict[str, Any]:
-        """Plan-specific instructions for the site trainer (``RoundConfig.extra``)."""
-        return {}
+        """Plan-specific instructions for the site trainer (``RoundConfig.extra``); a subclass adds its own
+        to these."""
+        return {"local_norm": True} if self.local_norm else {}
 
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
         aggregation = self.aggregation(round, global_weights)

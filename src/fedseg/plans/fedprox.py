@@ -23,4 +23,4 @@ class FedProx(FedAvg):
         self.proximal_mu = float(proximal_mu)
 
     def train_extra(self) -> dict[str, Any]:
-        return {"proximal_mu": self.proximal_mu} if self.proximal_mu > 0 else {}
+        return {**super().train_extra(), **({"proximal_mu": self.proximal_mu} if self.proximal_mu > 0 else {})}

@@ -13,7 +13,8 @@ from fedseg.plans.fedavg import FedAvg
 from fedseg.plans.fedopt import FedOpt
 from fedseg.plans.fedprox import FedProx
 
-AVERAGING = ("weighted_by", "metric_floor", "fraction", "min_sites", "aggregator", "trim", "clip_factor")
+AVERAGING = ("weighted_by", "metric_floor", "fraction", "min_sites", "aggregator", "trim", "clip_factor",
+             "local_norm")
 SERVER = ("server_lr", "beta1", "tau")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "fedavg": AVERAGING,
@@ -28,8 +29,8 @@ PLANS = tuple(OPTIONS)
 TYPES: dict[str, type] = {
     "weighted_by": str, "metric_floor": float, "fraction": float, "min_sites": int, "aggregator": str,
     "trim": float, "clip_factor": float, "proximal_mu": float, "server_lr": float, "beta1": float,
-    "beta2": float, "tau": float, "order": str}
-EXPECTED = {str: "a string", int: "a whole number", float: "a finite number"}
+    "beta2": float, "tau": float, "order": str, "local_norm": bool}
+EXPECTED = {str: "a string", int: "a whole number", float: "a finite number", bool: "true or false"}
 UNWEIGHTED_EXCLUDES = ("weighted_by", "metric_floor")
 
 
@@ -71,7 +72,7 @@ def _typed(key: str, value: Any) -> Any:
         ok = ((isinstance(value, float) and math.isfinite(value))
               or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1e300))
     else:
-        ok = isinstance(value, kind) and not isinstance(value, bool)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
     if not ok:
         raise ValueError(f"{key} = {str(repr(value))[:60]} has the wrong type; expected {EXPECTED[kind]}")
     return float(value) if kind is float else value

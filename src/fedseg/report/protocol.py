@@ -10,7 +10,7 @@ from fedseg.evaluation.text import markdown_text as _md
 def protocol(experiment: dict, results: dict) -> str:
     """One paragraph from the experiment as run (``experiment.toml`` as a dict) and ``results.json``."""
     training, federation = experiment.get("training", {}), experiment.get("federation", {})
-    arms = [_arm(arm, federation, len(experiment.get("sites", []))) for arm in experiment.get("arms", ["federated"])]
+    arms = [_arm(arm, experiment, len(experiment.get("sites", []))) for arm in experiment.get("arms", ["federated"])]
     steps = training.get("local_steps")
     budget = f"{_md(steps)} local optimisation steps" if steps else _count(training.get("local_epochs", 1),
                                                                            "local epoch")
@@ -19,20 +19,26 @@ def protocol(experiment: dict, results: dict) -> str:
                 f"batch size {_md(training.get('batch_size', '?'))}, seed {_md(experiment.get('seed', '?'))}")
     rounds = _count(federation.get("rounds", results.get("rounds", "?")), "round")
     n_models = len(results.get("models", [results["model"]]))
+    notes = results.get("plan_notes")  # how the plan's models are scored (FedBN: training.local_norm)
+    notes = "".join(f" {_md(note)}" for note in notes if isinstance(note, str)) if isinstance(notes, list) else ""
     if len(arms) == 1:
         return (f"This run trained one arm, {arms[0]}: {rounds} of {budget} per site ({settings}). "
                 f"{'Its model' if n_models == 1 else f'Each of its {n_models} models'} was then tested on the "
-                "held-out test cases of every site.")
+                f"held-out test cases of every site.{notes}")
     return (f"This run trained {len(arms)} arms: {'; '.join(arms)}. Every arm started from the same initial "
             f"weights and ran {rounds} of {budget} per site, with the same preprocessing and settings ({settings}). "
-            f"Each of the {n_models} models was then tested on the held-out test cases of every site.")
+            f"Each of the {n_models} models was then tested on the held-out test cases of every site.{notes}")
 
 
-def _arm(arm: str, federation: dict, n_sites: int) -> str:
+def _arm(arm: str, experiment: dict, n_sites: int) -> str:
     if arm == "federated":
-        text = f"**federated** ({_md(federation.get('plan', 'fedavg'))} over the {n_sites} sites → `FL_global`"
-        epochs = federation.get("fine_tune_epochs", 0)
-        if epochs:
+        plan, epochs = experiment.get("plan", {}), experiment.get("federation", {}).get("fine_tune_epochs", 0)
+        text = f"**federated** ({_md(plan.get('name', 'fedavg'))} over the {n_sites} sites → `FL_global`"
+        if plan.get("local_norm") is True:
+            text += ", and with each site's own normalisation → `FL_local_<site>`"
+            if epochs:
+                text += f", fine-tuned for {_count(epochs, 'epoch')} on that site's data"
+        elif epochs:
             text += (f", which each site then fine-tuned for {_count(epochs, 'epoch')} on its own data "
                      "→ `FL_local_<site>`")
         return text + ")"

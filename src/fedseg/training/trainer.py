@@ -24,6 +24,7 @@ from fedseg.models.registry import ModelConfig, build_network
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
 from fedseg.training.inference import predict_logits, predict_probabilities
+from fedseg.training.local_norm import LocalNorm
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.weights import get_weights, set_weights
@@ -57,6 +58,7 @@ class SiteTrainer:
         self.state_dir = state_dir
         self._optimizer: torch.optim.Optimizer | None = None
         self._private = None
+        self.local_norm = LocalNorm(data.name, self.network, state_dir)  # [plan] local_norm (FedBN)
         self._dp = (model, privacy, dp_trainings, dp_fine_tune_epochs) if privacy and privacy.dp == "sample" else None
 
     @property
@@ -86,12 +88,13 @@ class SiteTrainer:
 
     def train(self, weights: Weights, config: RoundConfig) -> Update:
         """Local training from ``weights``; ``config.extra["proximal_mu"]`` adds FedProx's term."""
-        set_weights(self.network, weights)
+        set_weights(self.network, self.local_norm.received(weights, config))
         if self.config.optimizer_state == "keep":
             optimizer = self._kept_optimizer(config.round)
         else:
             optimizer = self._new_optimizer()
         update = self._train(config, optimizer)
+        self.local_norm.trained(config, update.weights)
         if self.config.optimizer_state == "keep":
             self._save_optimizer(config.round, optimizer)
         return update
