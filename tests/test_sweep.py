@@ -166,7 +166,10 @@ def test_a_sweep_writes_a_ranked_table_with_the_ratio_to_centralized(finished_sw
     means = [c["mean_dice"] for c in summary["cells"]]
     assert means == sorted(means, reverse=True)
     centralized = summary["baseline"]["mean_dice"]["centralized"]
-    assert set(summary["baseline"]["mean_dice"]) == {"centralized", "standalone_hospital_a", "standalone_hospital_b"}
+    standalone = summary["baseline"]["mean_dice"]
+    assert set(standalone) == {"centralized", "standalone_hospital_a", "standalone_hospital_b"}
+    best_standalone = max(["standalone_hospital_a", "standalone_hospital_b"], key=standalone.get)
+    assert summary["baseline"]["best_standalone"] == best_standalone
     for cell in summary["cells"]:
         assert cell["ratio_to_centralized"] == pytest.approx(cell["mean_dice"] / centralized)
         assert cell["budget"] == {"value": 1, "unit": "steps"}
@@ -180,6 +183,7 @@ def test_a_sweep_writes_a_ranked_table_with_the_ratio_to_centralized(finished_sw
     assert f"| 1 | {best['cell']} | plan.name = fedavg, training.lr = " in text
     assert f"| {best['ratio_to_centralized']:.3f} |" in text
     assert "− centralized: difference (Wilcoxon p)" in text
+    assert f"− {best_standalone} (best standalone): difference" in text
     assert "## Cross-site test Dice" in text
     assert f"## Paired comparisons against {best['cell']}/FL_global" in text
     assert "baseline/standalone_hospital_a" in text

@@ -50,9 +50,11 @@ def write_sweep(out: Path, cells: dict[str, Experiment], overrides: dict[str, di
         row["ratio_to_centralized"] = row["mean_dice"] / centralized if row["mean_dice"] is not None \
             and centralized else None
     rows.sort(key=lambda row: (row["mean_dice"] is None, -(row["mean_dice"] or 0.0)))
+    means = {model.split("/", 1)[1]: matrix[model][OVERALL]["mean"] for model in compared}
+    standalone = [model for model in means if model.startswith("standalone_")]
     summary = {"experiment": str(experiment_path), "grid": str(grid_path), "finished": True,
-               "baseline": {"arms": list(baseline.arms), "mean_dice": {model.split("/", 1)[1]: matrix[model][OVERALL]
-                                                                        ["mean"] for model in compared}}
+               "baseline": {"arms": list(baseline.arms), "mean_dice": means,
+                            "best_standalone": max(standalone, key=lambda m: means[m] or 0.0, default=None)}
                if baseline else None,
                "cells": [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]}
     write_text_atomic(out / "sweep.json", json.dumps(summary, indent=2, default=str, allow_nan=True) + "\n")
@@ -104,8 +106,7 @@ def _number(value: Any) -> bool:
 
 def sweep_markdown(summary: dict[str, Any], compared: list[str]) -> str:
     """The ranked table and the figure; differences are the cell's FL_global minus the other model."""
-    best_standalone = max((m for m in compared if m.startswith("standalone_")), default=None,
-                          key=lambda m: summary["baseline"]["mean_dice"][m] or 0.0)
+    best_standalone = (summary["baseline"] or {}).get("best_standalone")
     header = ["rank", "cell", "settings", "budget", "FL_global test Dice"]
     header += ["ratio to centralized"] if "centralized" in compared else []
     header += [f"− {model}{' (best standalone)' if model == best_standalone else ''}: difference (Wilcoxon p)"
