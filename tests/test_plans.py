@@ -79,8 +79,8 @@ def test_metric_floor_must_be_positive(floor):
 # --- FedProx -----------------------------------------------------------------------------------
 def test_fedprox_passes_mu_to_the_trainer_only_when_positive():
     configs = FedProx(seed=0, proximal_mu=0.01).configure_train(0, SITES)
-    assert [c.extra for c in configs.values()] == [{"proximal_mu": 0.01}] * len(SITES)
-    assert [c.extra for c in FedProx(seed=0).configure_train(0, SITES).values()] == [{}] * len(SITES)
+    assert [c.extra for c in configs.values()] == [{"proximal_mu": 0.01, "run_rounds": 1}] * len(SITES)
+    assert [c.extra for c in FedProx(seed=0).configure_train(0, SITES).values()] == [{"run_rounds": 1}] * len(SITES)
     with pytest.raises(ValueError, match="proximal_mu"):
         FedProx(seed=0, proximal_mu=-1.0)
 

@@ -84,7 +84,9 @@ class CollectedAggregation(Aggregation):
 
 
 def site_config(seed: int, round: int, site: str, local_epochs: int | None, local_steps: int | None,
-                extra: dict[str, Any] | None = None) -> RoundConfig:
-    """One site's instructions for ``round``, with a seed that depends only on (seed, round, site)."""
+                extra: dict[str, Any] | None = None, *, rounds: int) -> RoundConfig:
+    """One site's instructions for ``round``, with a seed that depends only on (seed, round, site);
+    ``rounds`` is the plan's ``total_rounds``, sent as ``extra["run_rounds"]`` (the run's length, over
+    which ``[training] lr_schedule`` runs: ``training.schedules``)."""
     return RoundConfig(round=round, seed=stable_seed(seed, "train", round, site), local_epochs=local_epochs,
-                       local_steps=local_steps, extra=dict(extra or {}))
+                       local_steps=local_steps, extra={**(extra or {}), "run_rounds": rounds})

@@ -67,7 +67,8 @@ class CyclicWeightTransfer(ComputePlan):
         if site not in sites:
             raise ValueError(f"cyclic weight transfer needs site '{site}' in round {round}, "
                              f"but only {sorted(sites)} are available")
-        return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps)}
+        return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps,
+                                  rounds=self.total_rounds)}
 
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
         aggregation = self.aggregation(round, global_weights)

@@ -58,7 +58,8 @@ class FedAvg(ComputePlan):
         self.aggregator.check_sites(self.sampling.count(n_sites))
 
     def configure_train(self, round: int, sites: Sequence[str]) -> dict[str, RoundConfig]:
-        return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps, self.train_extra())
+        return {site: site_config(self.seed, round, site, self.local_epochs, self.local_steps, self.train_extra(),
+                                  rounds=self.total_rounds)
                 for site in self.sampling.choose(self.seed, round, sites)}
 
     def train_extra(self) -> dict[str, Any]:

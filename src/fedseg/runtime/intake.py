@@ -33,8 +33,9 @@ UNIT = (0.0, 1.0)
 NONNEGATIVE = (0.0, math.inf)
 TRAIN_METRICS: dict[str, tuple[float, float]] = {
     "train_loss": NONNEGATIVE, "val_dice": UNIT, "steps": NONNEGATIVE, "seconds": NONNEGATIVE,
-    "epsilon": NONNEGATIVE}
-"""The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN)."""
+    "epsilon": NONNEGATIVE, "lr_last": NONNEGATIVE}
+"""The metrics a site trainer reports with an update, and their ranges (a Dice may also be NaN);
+``lr_last``: the lr of its last local step (``[training] lr_schedule``)."""
 VALIDATE_METRICS = {"global_val_dice": UNIT}
 MEMBERSHIP_METRICS = {"membership_auc": UNIT, "train_cases": NONNEGATIVE, "test_cases": NONNEGATIVE}
 """A site's result of the membership-inference attack on the final model (``privacy.membership``)."""

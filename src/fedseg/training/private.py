@@ -65,6 +65,7 @@ from fedseg.privacy.accounting import epsilon_spent, noise_multiplier
 from fedseg.privacy.config import PrivacyConfig, dp_network_problem, largest_delta
 from fedseg.privacy.ledger import PrivacyLedger, kept_secret
 from fedseg.training.config import TrainingConfig
+from fedseg.training.schedules import RoundLR, varies
 from fedseg.types import RoundConfig
 
 MAX_STEPS = 10_000_000
@@ -136,7 +137,8 @@ class PrivateTraining:
         """One round (``what``: ``round`` or ``fine_tune``) of DP-SGD from the network's current weights;
         the metrics ``steps`` and ``epsilon`` (spent so far, this round included)."""
         steps = self.steps_of(config)
-        digest = self._digest(what, config, steps, mu)
+        lr = RoundLR(self.training, config, steps, self.site)  # [training] lr_schedule: a fixed number of steps
+        digest = self._digest(what, config, steps, mu, lr)
         key = f"{what} {config.round} {digest[:16]}"
         before = self.ledger.steps_besides(key)
         if before + steps > self.budget:
@@ -155,15 +157,18 @@ class PrivateTraining:
                               max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.expected_batch,
                               loss_reduction="mean", generator=noise, secure_mode=True)
         with _deterministic_cudnn():
-            for _ in range(steps):
+            for step in range(steps):
+                lr.set(optimizer, step)
                 chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
                 batch = list_data_collate([cases[int(i)] for i in chosen]) if len(chosen) else None
                 private_step(self.network, private, batch_loss, batch, len(chosen), mu, anchor)
         self.ledger.record(key, steps)
-        return {"steps": float(steps), "epsilon": self.epsilon()}
+        return {"steps": float(steps), "epsilon": self.epsilon(), **lr.metrics()}
 
-    def _digest(self, what: str, config: RoundConfig, steps: int, mu: float) -> str:
-        h = hashlib.sha256(json.dumps([what, config.round, config.seed, steps, mu]).encode())
+    def _digest(self, what: str, config: RoundConfig, steps: int, mu: float, lr: RoundLR) -> str:
+        """The request: another lr schedule (another run length) is another release, with its own noise."""
+        schedule = [lr.rounds] if varies(self.training) else []
+        h = hashlib.sha256(json.dumps([what, config.round, config.seed, steps, mu, *schedule]).encode())
         for name, value in self.network.state_dict().items():
             h.update(name.encode())
             h.update(np.ascontiguousarray(value.detach().cpu().numpy()).tobytes())

@@ -27,6 +27,7 @@ from fedseg.training.inference import predict_logits, predict_probabilities
 from fedseg.training.local_norm import LocalNorm
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
+from fedseg.training.schedules import RoundLR
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, Model, RoundConfig, Update, Weights, mean_dice
 
@@ -102,7 +103,8 @@ class SiteTrainer:
     def fine_tune(self, weights: Weights, epochs: int, seed: int) -> Update:
         """FL_local: ``epochs`` epochs on this site's training data from ``weights``, fresh optimizer."""
         set_weights(self.network, weights)
-        return self._train(RoundConfig(round=0, seed=seed, local_epochs=epochs), self._new_optimizer(), "fine_tune")
+        config = RoundConfig(round=0, seed=seed, local_epochs=epochs, extra={"run_rounds": 1})  # lr: a run of its own
+        return self._train(config, self._new_optimizer(), "fine_tune")
 
     def _train(self, config: RoundConfig, optimizer: torch.optim.Optimizer, what: str = "round") -> Update:
         started = time.perf_counter()
@@ -113,8 +115,10 @@ class SiteTrainer:
         if self.private is not None:  # the training loss is a statistic of the cases: not released
             metrics = self.private.train(what, config, optimizer, self._batch_loss, mu, anchor)
         else:
-            losses = [self._step(batch, optimizer, mu, anchor) for batch in self._batches(config)]
-            metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses))}
+            batches, steps = self._batches(config)
+            lr = RoundLR(self.config, config, steps, self.name)  # [training] lr_schedule, set before each step
+            losses = [self._step(batch, optimizer, mu, anchor) for batch in lr.over(optimizer, batches)]
+            metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses)), **lr.metrics()}
         if self.config.validate_local and self.data.cases["val"]:
             metrics["val_dice"] = mean_dice(self._evaluate_loaded("val", with_distances=False))
         metrics["seconds"] = time.perf_counter() - started
@@ -197,15 +201,15 @@ class SiteTrainer:
                             with_distances, scored=self.data.annotated)
 
     def _batches(self, config: RoundConfig):
-        """The round's batches: the round config's steps or epochs, else the training config's."""
+        """The round's batches (the round config's steps or epochs, else the training config's) and their number."""
         loader = self.data.train_loader(self.config.batch_size, config.seed)
         steps, epochs = config.local_steps, config.local_epochs
         if steps is None and epochs is None:
             steps, epochs = self.config.local_steps, self.config.local_epochs
         if steps is None:
-            return itertools.chain.from_iterable(loader for _ in range(epochs))
+            return itertools.chain.from_iterable(loader for _ in range(epochs)), epochs * len(loader)
         cycles = math.ceil(steps / len(loader))
-        return itertools.islice(itertools.chain.from_iterable(loader for _ in range(cycles)), steps)
+        return itertools.islice(itertools.chain.from_iterable(loader for _ in range(cycles)), steps), steps
 
     def _step(self, batch: dict, optimizer: torch.optim.Optimizer, mu: float,
               anchor: list[torch.Tensor] | None) -> float:
