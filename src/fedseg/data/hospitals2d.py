@@ -60,9 +60,12 @@ class Hospital:
 
 
 HOSPITALS = (  # in case-mix order: smallest structures first
-    Hospital("memory_clinic", 1, (0.15, 0.85), Scanner(gamma=1.6, bias=0.15, pixel_mm=1.3, brightness=230, noise=6)),
+    # fast low-resolution protocol for elderly patients; darker grey matter
+    Hospital("memory_clinic", 1, (0.2, 0.8), Scanner(gamma=1.6, bias=0.15, pixel_mm=2.2, brightness=230, noise=4)),
+    # 3 T research scanner: clean 1 mm images
     Hospital("university", 3, (0.3, 0.7), Scanner(gamma=1.0, bias=0.05, pixel_mm=1.0, brightness=200, noise=3)),
-    Hospital("community", 2, (0.2, 0.8), Scanner(gamma=0.6, bias=0.3, pixel_mm=1.8, brightness=150, noise=10),
+    # older 1.5 T: noisy, washed-out contrast, strong coil bias, lossy export
+    Hospital("community", 2, (0.2, 0.8), Scanner(gamma=0.6, bias=0.3, pixel_mm=1.4, brightness=150, noise=12),
              image_format="jpg"),
 )
 
