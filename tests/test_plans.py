@@ -270,7 +270,7 @@ def test_unknown_options_name_the_key_and_the_allowed_ones(name, key, allowed):
 
 
 def test_registry_rejects_unknown_plans_and_too_few_sites():
-    for name in ("scaffold", 3, ["fedavg"]):
+    for name in ("fednova", 3, ["fedavg"]):
         with pytest.raises(ValueError, match="plan must be one of"):
             build_plan(name, 0, SITES, 1, None, {}, rounds=1)
     with pytest.raises(ValueError, match="min_sites is 6 but only 5"):

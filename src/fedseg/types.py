@@ -15,6 +15,8 @@ Weights = dict[str, np.ndarray]
 """A model's parameters by name, as numpy arrays (the state dict of the network)."""
 Model = Weights | list[Weights]
 """One model's weights, or an ensemble's members."""
+CONTROL_PREFIX = "scaffold_control/"
+"""Reserved key prefix: SCAFFOLD's control variates travel beside a model's weights under it."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,12 @@ class ComputePlan(ABC):
     def aggregate_train(self, round: int, global_weights: Weights, updates: Mapping[str, Update]) -> Weights:
         """The next global model from this round's updates."""
 
+    def outgoing(self, round: int, weights: Weights) -> Weights:
+        """What the sites that train in ``round`` receive for the global model ``weights``; their
+        updates are checked and aggregated against it, and the aggregation's result is a model again
+        (SCAFFOLD adds its control variate under ``types.CONTROL_PREFIX``)."""
+        return weights
+
     def aggregation(self, round: int, global_weights: Weights) -> Aggregation:
         """An aggregation that takes this round's updates one at a time, as they arrive over a
         network. Its ``add`` checks an update in full against ``global_weights`` and raises

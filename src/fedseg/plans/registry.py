@@ -10,8 +10,9 @@ from typing import Any
 from fedseg.plans.base import ComputePlan
 from fedseg.plans.cyclic import CyclicWeightTransfer, SingleWeightTransfer
 from fedseg.plans.fedavg import FedAvg
-from fedseg.plans.fedopt import FedOpt
+from fedseg.plans.fedopt import FedAvgM, FedOpt
 from fedseg.plans.fedprox import FedProx
+from fedseg.plans.scaffold import Scaffold
 
 AVERAGING = ("weighted_by", "metric_floor", "fraction", "min_sites", "aggregator", "trim", "clip_factor",
              "local_norm")
@@ -22,6 +23,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "fedadam": (*AVERAGING, *SERVER, "beta2"),
     "fedyogi": (*AVERAGING, *SERVER, "beta2"),
     "fedadagrad": (*AVERAGING, *SERVER),  # Adagrad sums squares: no beta2
+    "fedavgm": (*AVERAGING, "server_lr", "server_momentum"),
+    "scaffold": (*AVERAGING, "server_lr"),
     "cyclic": ("order",),  # the number of cycles is the federation's rounds
     "single_transfer": ("order",),
 }
@@ -29,7 +32,7 @@ PLANS = tuple(OPTIONS)
 TYPES: dict[str, type] = {
     "weighted_by": str, "metric_floor": float, "fraction": float, "min_sites": int, "aggregator": str,
     "trim": float, "clip_factor": float, "proximal_mu": float, "server_lr": float, "beta1": float,
-    "beta2": float, "tau": float, "order": str, "local_norm": bool}
+    "beta2": float, "tau": float, "order": str, "server_momentum": float, "local_norm": bool}
 EXPECTED = {str: "a string", int: "a whole number", float: "a finite number", bool: "true or false"}
 UNWEIGHTED_EXCLUDES = ("weighted_by", "metric_floor")
 
@@ -55,8 +58,16 @@ def build_plan(name: str, seed: int, site_names: Sequence[str], local_epochs: in
         if key in typed and aggregator in ("median", "trimmed_mean"):
             raise ValueError(f"{key} does not apply to aggregator = '{aggregator}', which counts every site once; "
                              "remove it or use aggregator = 'mean' or 'clipped_mean'")
+    if name == "scaffold" and aggregator != "mean":
+        raise ValueError(f"plan 'scaffold' needs aggregator = 'mean': its control variates are updated from the "
+                         f"sites' mean, which a robust rule ({aggregator!r}) replaces; remove aggregator, or keep "
+                         "it with fedavg, fedprox or fedavgm")
     if name == "fedavg":
         plan = FedAvg(rounds=rounds, **common)
+    elif name == "fedavgm":
+        plan = FedAvgM(rounds=rounds, **common)
+    elif name == "scaffold":
+        plan = Scaffold(rounds=rounds, sites=len(site_names), **common)
     elif name == "fedprox":
         plan = FedProx(rounds=rounds, **common)
     else:

@@ -40,7 +40,7 @@ def dp_network_problem(name: str) -> str | None:
 def largest_delta(cases: int) -> float:
     """A round delta below 1 / ``cases`` (1e-3 for 300 cases): what to set when delta is too large."""
     return 10 ** math.floor(math.log10(1 / cases) - 1e-12)
-AVERAGING_PLANS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+AVERAGING_PLANS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 """Plans whose aggregation is a weighted mean followed by the plan's own step: the ones a secure
 sum and client-level DP can serve."""
 
@@ -111,6 +111,13 @@ class PrivacyConfig:
                    n_sites: int, model_name: str = "UNet") -> None:
         """ValueError when the rest of the experiment cannot serve these mechanisms; the message says
         what to change."""
+        if plan == "scaffold" and (self.dp != "off" or self.secure_sum):
+            why = ("fedseg's DP-SGD (Opacus) does not apply SCAFFOLD's correction to its steps" if self.dp == "sample"
+                   else "its control variates travel beside each update, and " + (
+                       "client-level DP does not clip or noise them" if self.dp == "client" else
+                       "the secure sum does not hide them"))
+            raise ValueError(f"plan 'scaffold' cannot run with {self.mechanisms[0]}: {why}; use plan fedavg, fedprox "
+                             "or fedavgm with it, or scaffold without it")
         if self.dp == "sample" and (problem := dp_network_problem(model_name)):
             raise ValueError(problem)
         if self.dp == "sample" and model_norm == "batch":

@@ -118,12 +118,12 @@ class RoundEngine:
     def _round(self, round: int, weights: Weights) -> Weights:
         started = time.perf_counter()
         chosen = self.plan.configure_train(round, self.sites)
+        sent = self.plan.outgoing(round, weights)  # updates are checked against it (SCAFFOLD: model + controls)
         if self.observer:
             self.observer.round_started(round, list(chosen))
         for attempt in range(self.policy.round_retries + 1):
             self.join(set(chosen))  # a site back after a drop-out declares itself before it trains
-            intake = RoundIntake(self.plan.aggregation(round, weights), weights, self.declared, self.guard,
-                                 self._last_norms)
+            intake = RoundIntake(self.plan.aggregation(round, sent), sent, self.declared, self.guard, self._last_norms)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
 
             def take(site: str, update: Any, intake=intake) -> None:
@@ -134,10 +134,10 @@ class RoundEngine:
 
             try:
                 if self.secure is not None:  # extra phases before training; the sum replaces the plan's aggregation
-                    configs, intake.aggregation = self.secure.begin(self.plan, round, weights, configs,
+                    configs, intake.aggregation = self.secure.begin(self.plan, round, sent, configs,
                                                                     self.declared, self._ask(round))
                 on_update = self._handler("train", take, intake.rejected, round)
-                self.dispatcher.dispatch("train", weights, configs, on_update, self.policy.round_timeout)
+                self.dispatcher.dispatch("train", sent, configs, on_update, self.policy.round_timeout)
                 (new_weights, guarded), problem = intake.finish(), None
             except UpdateRejected as exc:
                 new_weights, guarded, problem = None, {}, str(exc)

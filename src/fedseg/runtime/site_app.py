@@ -3,7 +3,9 @@
 A site app answers the engine's four tasks: ``join`` (its case counts per split), ``train``,
 ``validate`` (the global model's Dice on its validation cases) and ``evaluate`` (per-case test
 scores). It checks the model it receives exactly as the coordinator checks updates (names,
-shapes, dtypes of its own network, finite values) before it trains on or scores it. Where scores
+shapes, dtypes of its own network, finite values) before it trains on or scores it; SCAFFOLD's
+control variate, sent beside the model under ``types.CONTROL_PREFIX``, is split off and checked the
+same way against the network's float keys, then handed to the trainer. Where scores
 leave the site (deployment), test cases are named by pseudonyms: their position in the site's
 sorted test split (``<site>-case-007``), never file names, which may carry patient identifiers.
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.plans.robust import shrink
+from fedseg.plans.scaffold import float_keys, split_controls
 from fedseg.runtime.secure_site import TASKS as SECURE_TASKS
 from fedseg.runtime.secure_site import SecureSite
 from fedseg.seeding import stable_seed
@@ -34,7 +37,7 @@ FAULTS = ("nan", "random", "scale:K", "drop")
 class Trainer(Protocol):
     """What a site app needs of the site trainer (``training.trainer.SiteTrainer``)."""
 
-    def train(self, weights: Weights, config: RoundConfig) -> Update: ...
+    def train(self, weights: Weights, config: RoundConfig, control: Weights | None = None) -> Update: ...
 
     def evaluate(self, weights: Any, split: str = "test") -> list[CaseMetrics]: ...
 
@@ -76,12 +79,17 @@ class SiteApp:
             raise UpdateRejected(f"unknown task {str(task)[:40]!r}")
         if task in SECURE_TASKS:
             return self.secure.handle(task, payload)
+        received, control = weights, None
+        if task == "train" and isinstance(weights, dict):
+            weights, control = self._controls(weights)
         for member in weights if isinstance(weights, list) else [weights]:
             self.check_model(member)
         if task == "train":
             if not isinstance(payload, RoundConfig):
                 raise UpdateRejected("a training task needs round instructions")
-            update = self._misbehave(self.trainer.train(weights, payload), weights, payload)
+            trained = (self.trainer.train(weights, payload) if control is None else
+                       self.trainer.train(weights, payload, control=control))
+            update = self._misbehave(trained, received, payload)
             if "secure_sum" in payload.extra:
                 update = self.secure.protect(update, weights, payload.extra["secure_sum"])
             if self.fault == "drop":
@@ -107,6 +115,13 @@ class SiteApp:
         members, others = self.trainer.case_losses(weights, "train"), self.trainer.case_losses(weights, "test")
         auc = attack_auc(members, others) if members and others else float("nan")
         return {"membership_auc": auc, "train_cases": float(len(members)), "test_cases": float(len(others))}
+
+    def _controls(self, weights: Weights) -> tuple[Weights, Weights | None]:
+        """The model and SCAFFOLD's control variate (None when none came), checked like the model."""
+        model, control = split_controls(weights)
+        if control:
+            check_weights(control, float_keys(self.template), "the coordinator's SCAFFOLD control variate")
+        return model, control or None
 
     def check_model(self, weights: Any) -> None:
         """The global model fits this site's network and is finite."""

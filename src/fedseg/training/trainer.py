@@ -27,6 +27,7 @@ from fedseg.training.inference import predict_logits, predict_probabilities
 from fedseg.training.local_norm import LocalNorm
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
+from fedseg.training.scaffold import SiteControls
 from fedseg.training.schedules import RoundLR
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, Model, RoundConfig, Update, Weights, mean_dice
@@ -61,6 +62,7 @@ class SiteTrainer:
         self._private = None
         self.local_norm = LocalNorm(data.name, self.network, state_dir)  # [plan] local_norm (FedBN)
         self._dp = (model, privacy, dp_trainings, dp_fine_tune_epochs) if privacy and privacy.dp == "sample" else None
+        self.controls = SiteControls(data.name, self.network, state_dir, self._dp is not None)  # SCAFFOLD's c_i
 
     @property
     def private(self):
@@ -87,14 +89,15 @@ class SiteTrainer:
         """The network's current weights (the site checks a received model against their shapes)."""
         return get_weights(self.network)
 
-    def train(self, weights: Weights, config: RoundConfig) -> Update:
-        """Local training from ``weights``; ``config.extra["proximal_mu"]`` adds FedProx's term."""
+    def train(self, weights: Weights, config: RoundConfig, control: Weights | None = None) -> Update:
+        """Local training from ``weights``; ``config.extra["proximal_mu"]`` adds FedProx's term,
+        ``control`` (SCAFFOLD's ``c``) corrects the steps (``training.scaffold``)."""
         set_weights(self.network, self.local_norm.received(weights, config))
         if self.config.optimizer_state == "keep":
             optimizer = self._kept_optimizer(config.round)
         else:
             optimizer = self._new_optimizer()
-        update = self._train(config, optimizer)
+        update = self.controls.corrected(control, config.round, optimizer, lambda: self._train(config, optimizer))
         self.local_norm.trained(config, update.weights)
         if self.config.optimizer_state == "keep":
             self._save_optimizer(config.round, optimizer)
