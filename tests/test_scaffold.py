@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedseg.errors import UserError
 from fedseg.experiment import parse_experiment
@@ -49,7 +51,7 @@ class NumpySite:
 
     def train(self, weights, config, control=None):
         self.controls.append((config.round, control))
-        update, _, _ = reply(config.round, self.name, {**weights, **{C + k: v for k, v in control.items()}})
+        update, _, _ = reply(config.round, self.name, {**weights, **{C + k: v for k, v in (control or {}).items()}})
         return update
 
     def evaluate(self, weights, split="test"):
@@ -190,6 +192,47 @@ def test_a_site_refuses_a_bad_control_from_the_coordinator(control, reason):
                                      RoundConfig(round=0, seed=1)).n_samples == 3  # a good one trains
     with pytest.raises(UpdateRejected, match="unexpected"):  # controls only come with a training task
         SiteApp("a", site).handle("validate", received)
+
+
+HOSTILE = st.one_of(
+    st.builds(np.full, st.sampled_from([(2, 3), (3, 2), (), (6,)]), st.sampled_from([0.0, -1.5, np.nan, np.inf])),
+    st.sampled_from([np.zeros((2, 3), np.float32), np.array(1, np.int64), np.array(0.5), "0.5", None, [0.0]]))
+CONTROLS = st.dictionaries(st.sampled_from(["w", "b", "count", "zz", ""]), HOSTILE, max_size=4)
+
+
+def valid(control):
+    return set(control) == {"w", "b"} and all(
+        isinstance(v, np.ndarray) and (v.shape, v.dtype) == (START[k].shape, START[k].dtype) and np.isfinite(v).all()
+        for k, v in control.items())
+
+
+@settings(max_examples=150, deadline=None)
+@given(CONTROLS)
+def test_a_site_trains_on_a_coordinators_control_only_when_it_fits(control):
+    site = NumpySite("a")
+    try:
+        SiteApp("a", site).handle("train", {**START, **{C + k: v for k, v in control.items()}},
+                                  RoundConfig(round=0, seed=1))
+    except UpdateRejected:
+        assert control and not valid(control) and site.controls == []
+    else:
+        assert site.controls == [(0, control or None)] and (not control or valid(control))
+
+
+@settings(max_examples=150, deadline=None)
+@given(CONTROLS)
+def test_the_coordinator_takes_a_sites_controls_only_when_they_fit_and_a_rejected_one_leaves_c_as_it_was(control):
+    plan = Scaffold(seed=0, weighted_by="uniform", sites=len(SITES))
+    sent = plan.outgoing(0, START)
+    intake = RoundIntake(plan.aggregation(0, sent), sent, {s: {"train": 9, "val": 0, "test": 0} for s in SITES},
+                         GuardConfig(norm_action="off"))
+    model, _ = split_controls(reply(0, "a", sent)[0].weights)
+    accepted = intake.receive("a", Update({**model, **{C + k: v for k, v in control.items()}}, 3)) is None
+    assert accepted == valid(control)
+    intake.receive("b", reply(0, "b", sent)[0])
+    intake.finish()
+    from_b = 0.2 * reply(0, "b", sent)[2]["w"]
+    assert np.allclose(plan.c["w"], (from_b + 0.2 * control["w"]) if accepted else from_b)
 
 
 # --- refusals ---------------------------------------------------------------------------------------
