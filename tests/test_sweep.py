@@ -136,7 +136,9 @@ def test_cells_run_the_federated_arm_and_the_baseline_the_comparison_arms(tmp_pa
 def test_the_example_grid_fits_the_cross_domain_example():
     cells = read_grid(EXAMPLES / "hippocampus_sweep.toml")
     experiments, baseline = check_cells(EXAMPLES / "hippocampus_cross_domain.toml", cells, cell_names(cells))
-    assert {e.plan["name"] for e in experiments.values()} >= {"fedavg", "fedprox", "fedadam"}
+    assert {e.plan["name"] for e in experiments.values()} == {"fedavg", "fedprox", "fedadam", "fedavgm", "scaffold"}
+    assert experiments["fedavg-norm=batch-local_norm=true"].plan["local_norm"] is True
+    assert len(experiments) == 12
     assert baseline.arms == ("standalone",)
 
 
