@@ -215,12 +215,17 @@ def test_resume_keeps_finished_cells_and_finishes_an_interrupted_one(finished_sw
         (root / "out" / "sweep.json").read_text())["cells"]]
 
 
-def test_a_finished_cell_of_other_settings_is_not_taken_for_this_one(finished_sweep, tmp_path):
+def test_a_finished_cell_of_other_settings_stops_the_sweep_before_anything_trains(finished_sweep, tmp_path,
+                                                                                 monkeypatch):
     root, base, grid, _ = finished_sweep
-    shutil.copytree(root / "out", tmp_path / "out")
-    changed = write(tmp_path / "base.toml", base.read_text().replace("batch_size = 4", "batch_size = 2"))
-    with pytest.raises(UserError, match="other settings"):
-        run_sweep(changed, grid, tmp_path / "out", resume=True)
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    (out / "fedavg-lr=0.01" / "results.json").unlink()  # this cell would train first ...
+    saved = out / "fedavg-lr=0.03" / "experiment.toml"  # ... but this one ran with another lr
+    saved.write_text(saved.read_text().replace("lr = 0.03", "lr = 0.05"))
+    monkeypatch.setattr(sweep, "run_simulation", lambda *a, **k: pytest.fail("a cell trained"))
+    with pytest.raises(UserError, match="fedavg-lr=0.03 holds a finished run with other settings"):
+        run_sweep(base, grid, out, resume=True)
 
 
 def test_hostile_text_is_escaped_in_the_table():

@@ -179,12 +179,12 @@ def run_sweep(experiment_path: Path, grid_path: Path, out: Path, resume: bool = 
          "cells": [{"cell": name, "overrides": cell} for name, cell in overrides.items()]},
         indent=2, default=str) + "\n")
     runs = ({BASELINE: baseline} if baseline else {}) | experiments
+    finished = {name: _finished(out / name, experiment, name) for name, experiment in runs.items()}
     with progress or nullcontext():
         for done, (name, experiment) in enumerate(runs.items()):
-            finished = _finished(out / name, experiment, name)
             if progress:
-                progress.step(done, len(runs), name, finished)
-            if not finished:
+                progress.step(done, len(runs), name, finished[name])
+            if not finished[name]:
                 run_simulation(experiment, out / name, resume=resume and (out / name / "experiment.toml").exists(),
                                progress=progress.arm if progress else None)
         if progress:
