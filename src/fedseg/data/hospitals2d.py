@@ -79,10 +79,11 @@ def build(source: Path, out: Path, seed: int = 0, hospitals: tuple[Hospital, ...
           size: tuple[int, int] = SIZE) -> dict[str, Path]:
     """Write ``out/<hospital>/images`` and ``labels`` (+ ``out/README.md``); returns each hospital's folder."""
     out = Path(out)
-    for hospital in hospitals:
-        folder = out / hospital.name
-        if folder.exists() and any(folder.iterdir()):
-            raise UserError(f"{folder} already holds files (another build?); give an empty or new OUT folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give an empty or new OUT folder")
+    if out.is_dir() and any(out.iterdir()):  # README.md goes into OUT itself: never over a file of the user's
+        raise UserError(f"{out} is not empty (it already holds files: another build?); give an empty or new OUT "
+                        "folder")
     cases = discover_cases("source", Path(source))
     sizes = {case.name: int(np.count_nonzero(_read(case)[1])) for case in cases}
     dealt = deal(sizes, hospitals, seed)

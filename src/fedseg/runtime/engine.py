@@ -91,6 +91,7 @@ class RoundEngine:
         self.sites, self.policy, self.guard = sorted(sites), policy, guard
         self.validate_global, self.observer, self.classes = validate_global, observer, classes
         self._last_norms: list[float] = []
+        self._last_control_norms: list[float] = []  # SCAFFOLD's controls have a norm guard of their own
         self.agreed, self.secure = agreed or {}, secure
         """Sites' case counts as the experiment agrees them (``[[sites]] cases``), where it does."""
         self.declared: dict[str, dict[str, int]] = {}
@@ -106,8 +107,9 @@ class RoundEngine:
             done, weights, plan_state = last
             self.plan.load_state_dict(plan_state)
             start = done + 1
-            self._last_norms = [r["update_norm"] for r in self.run_dir.read_metrics() if r.get("round", done + 1)
-                                <= done and "update_norm" in r and "rejected" not in r][-HISTORY:]
+            kept = [r for r in self.run_dir.read_metrics() if r.get("round", done + 1) <= done and "rejected" not in r]
+            self._last_norms = [r["update_norm"] for r in kept if "update_norm" in r][-HISTORY:]
+            self._last_control_norms = [r["control_norm"] for r in kept if "control_norm" in r][-HISTORY:]
         self.run_dir.drop_metrics_after(start - 1)  # lines of a round that never finished
         if self.observer:
             self.observer.planned(sum(len(self.plan.configure_train(r, self.sites)) for r in range(start, rounds)))
@@ -123,7 +125,8 @@ class RoundEngine:
             self.observer.round_started(round, list(chosen))
         for attempt in range(self.policy.round_retries + 1):
             self.join(set(chosen))  # a site back after a drop-out declares itself before it trains
-            intake = RoundIntake(self.plan.aggregation(round, sent), sent, self.declared, self.guard, self._last_norms)
+            intake = RoundIntake(self.plan.aggregation(round, sent), sent, self.declared, self.guard, self._last_norms,
+                                 self._last_control_norms)
             configs = {site: config for site, config in chosen.items() if site in self.dispatcher.available()}
 
             def take(site: str, update: Any, intake=intake) -> None:
@@ -159,6 +162,8 @@ class RoundEngine:
         records = round_records(round, intake, self.plan.round_summary(), guarded, missing)
         norms = [intake.norms[site] for site in sorted(intake.accepted) if site in intake.norms]  # none: a secure sum
         self._last_norms = [*self._last_norms, *norms][-HISTORY:]
+        controls = [intake.control_norms[site] for site in sorted(intake.accepted) if site in intake.control_norms]
+        self._last_control_norms = [*self._last_control_norms, *controls][-HISTORY:]
         if self.validate_global:
             self._validate(new_weights, records)
         if records:

@@ -11,7 +11,10 @@ The update-norm guard then compares each accepted update's distance from the glo
 the round's median distance: one far above ``norm_factor`` times the median is clipped to that
 bound or rejected (``norm_action``). It needs every update of the round before the first can be
 folded in, so with the guard on the coordinator holds the round's updates (one model per site);
-with ``norm_action = "off"`` the averaging plans stream as before.
+with ``norm_action = "off"`` the averaging plans stream as before. SCAFFOLD's control variates
+(keys under ``types.CONTROL_PREFIX``) move in other units than the model (about ``1 / (K lr)`` times
+further), so they have a guard of their own (``control_norms``, the same factor and action): in one
+norm over both, the controls would set the median and let a site move the model unnoticed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from fedseg.plans.base import Aggregation
 from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.plans.robust import distance, shrink
-from fedseg.types import CaseMetrics, Update, Weights
+from fedseg.types import CONTROL_PREFIX, CaseMetrics, Update, Weights
 
 MAX_CASES = 10_000_000
 """More cases than any site declares: a larger declaration is a broken or hostile site."""
@@ -159,14 +162,18 @@ class RoundIntake:
     """
 
     def __init__(self, aggregation: Aggregation, global_weights: Weights, declared: dict[str, dict[str, int]],
-                 guard: GuardConfig, history: list[float] = ()):
+                 guard: GuardConfig, history: list[float] = (), control_history: list[float] = ()):
         self.aggregation, self.global_weights, self.declared, self.guard = aggregation, global_weights, declared, guard
-        self.history = list(history)
+        self.history, self.control_history = list(history), list(control_history)
         """Recent rounds' accepted update norms (the last few): the reference when this round has fewer than 3."""
+        self.model = {k: v for k, v in global_weights.items() if not str(k).startswith(CONTROL_PREFIX)}
+        self.controls = {k: v for k, v in global_weights.items() if str(k).startswith(CONTROL_PREFIX)}
         self.accepted: dict[str, dict[str, Any]] = {}
         """Per accepted site: n_samples and metrics (the update's weights are not kept here)."""
         self.rejected: dict[str, str] = {}
         self.norms: dict[str, float] = {}
+        """Per site: its model's distance from the global model (controls apart, in ``control_norms``)."""
+        self.control_norms: dict[str, float] = {}
         self.refused_late: dict[str, str] = {}
         self._held: dict[str, Update] = {}
 
@@ -180,7 +187,9 @@ class RoundIntake:
             self.rejected[site] = str(exc)
             return self.rejected[site]
         if not protected:
-            self.norms[site] = distance(update.weights, self.global_weights)
+            self.norms[site] = distance(update.weights, self.model)
+            if self.controls:
+                self.control_norms[site] = distance(update.weights, self.controls)
         if self.guard.norm_action == "off" or protected:
             try:
                 self.aggregation.add(site, update)  # the plan checks again (e.g. a site it did not schedule)
@@ -196,23 +205,23 @@ class RoundIntake:
         """The next global model and what the guard did (``norm_bound``, ``clipped`` sites and their
         norms, or ``guard`` when it had too few norms to compare)."""
         report: dict[str, Any] = {}
-        reference = list(self.norms.values()) if len(self.norms) >= 3 else [*self.norms.values(), *self.history]
-        if self._held and len(reference) < 3:  # one of two cannot be told from the other
-            report["guard"] = "inactive: fewer than 3 update norms to compare (this round's and recent ones)"
         if self._held:
-            bound = self.guard.norm_factor * float(np.median(reference)) if len(reference) >= 3 else math.inf
-            if math.isfinite(bound):
-                report["norm_bound"] = bound
+            bounds = {what: self._bound(norms, history, key, report) for what, norms, history, key in (
+                ("update", self.norms, self.history, "norm_bound"),
+                ("control", self.control_norms, self.control_history, "control_norm_bound")) if norms}
             for site in sorted(self._held):
-                update, norm = self._held.pop(site), self.norms[site]
-                if norm > bound and self.guard.norm_action == "reject":
-                    self._refuse(site, f"update norm {norm:.4g} is more than {self.guard.norm_factor:g} times "
+                update = self._held.pop(site)
+                over = {what: (norms[site], bound) for what, (norms, bound) in bounds.items() if norms[site] > bound}
+                if over and self.guard.norm_action == "reject":
+                    what, (norm, bound) = next(iter(over.items()))
+                    self._refuse(site, f"{what} norm {norm:.4g} is more than {self.guard.norm_factor:g} times "
                                        f"the round's median ({bound / self.guard.norm_factor:.4g})")
                     continue
-                if norm > bound:
-                    update = Update(shrink(update.weights, self.global_weights, bound / norm), update.n_samples,
+                if over:
+                    scale = min(bound / norm for norm, bound in over.values())
+                    update = Update(shrink(update.weights, self.global_weights, scale), update.n_samples,
                                     update.metrics)
-                    report.setdefault("clipped", {})[site] = norm
+                    report.setdefault("clipped", {})[site] = self.norms[site]
                 try:
                     self.aggregation.add(site, update)
                 except UpdateRejected as exc:
@@ -223,6 +232,16 @@ class RoundIntake:
             raise UpdateRejected("every update of the round was rejected: "
                                  + "; ".join(f"{site}: {reason}" for site, reason in sorted(self.rejected.items())))
         return self.aggregation.result(), report
+
+    def _bound(self, norms: dict[str, float], history: list[float], key: str, report: dict[str, Any]
+               ) -> tuple[dict[str, float], float]:
+        """``norms`` and the guard's bound for them (inf, said in ``report``, with fewer than 3 to compare)."""
+        reference = list(norms.values()) if len(norms) >= 3 else [*norms.values(), *history]
+        if len(reference) < 3:  # one of two cannot be told from the other
+            report["guard"] = "inactive: fewer than 3 update norms to compare (this round's and recent ones)"
+            return norms, math.inf
+        report[key] = self.guard.norm_factor * float(np.median(reference))
+        return norms, report[key]
 
     def _refuse(self, site: str, reason: str) -> None:
         """Reject an update that was accepted on arrival (by the guard, or the plan when folding it in)."""

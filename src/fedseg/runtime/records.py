@@ -22,6 +22,8 @@ def round_records(round: int, intake: RoundIntake, summary: dict[str, Any], guar
             record["rejected"] = intake.rejected[site]
         if site in intake.norms:
             record["update_norm"] = intake.norms[site]
+        if site in intake.control_norms:  # SCAFFOLD: its controls' distance (a guard of their own)
+            record["control_norm"] = intake.control_norms[site]
         if site in guarded.get("clipped", {}):
             record["clipped"] = True
         records.append(record)
@@ -30,5 +32,6 @@ def round_records(round: int, intake: RoundIntake, summary: dict[str, Any], guar
             records[0]["plan"] = summary
         if missing:
             records[0]["missing_sites"] = missing
-        records[0].update({key: guarded[key] for key in ("norm_bound", "guard") if key in guarded})
+        records[0].update({key: guarded[key] for key in ("norm_bound", "control_norm_bound", "guard")
+                           if key in guarded})
     return records
