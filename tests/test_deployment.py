@@ -207,6 +207,29 @@ def test_cyclic_transfer_in_deployment_equals_simulation(consortium, experiment_
 
 
 @pytest.mark.slow
+def test_plans_against_site_drift_in_deployment_equal_simulation(consortium, experiment_file, workspace):
+    """SCAFFOLD with FedBN-style local batch norm and a cosine lr over FLARE: the control variates
+    travel beside the model (``scaffold_control/`` keys, out and back), each site keeps its control
+    and its normalisation layers in its kit's state folder, the lr falls over the run, and the
+    deployed run equals its simulation."""
+    experiment = experiment_file("drift", rounds=2, plan={"name": "scaffold", "local_norm": True},
+                                 model={"norm": "batch"}, training={"lr_schedule": "cosine"})
+    ended = run_deployed(consortium, experiment, workspace / "drift-deployed")
+    assert ended["state"] == "finished", ended
+    run_simulation(load_experiment(experiment), workspace / "drift-simulated")
+    assert_same_run(workspace / "drift-deployed", workspace / "drift-simulated")
+    received = [json.loads(line) for line in (workspace / "drift-deployed" / "received.jsonl").read_text().splitlines()]
+    trained = [line for line in received if line["task"] == "train"]
+    assert len(trained) == 2 * len(consortium.sites)
+    assert all(any(key.startswith("scaffold_control/") for key in line["params"]) for line in trained)
+    for site in consortium.sites:
+        kept = {path.name for path in (consortium.kits[site] / "fedseg-state" / "drift" / site).iterdir()}
+        assert {"scaffold_round_0001.pt", "local_norm_round_0001.pt"} <= kept, (site, kept)
+    lrs = {(m["round"], m["site"]): m["lr_last"] for m in RunDirectory(workspace / "drift-deployed").read_metrics()}
+    assert all(lrs[(1, site)] < lrs[(0, site)] for site in consortium.sites)
+
+
+@pytest.mark.slow
 def test_a_site_that_scales_its_update_is_rejected_and_the_run_equals_its_simulation(consortium, experiment_file,
                                                                                      workspace):
     """Fault injection in deployment: hospital_c multiplies its change to the global model by 100
