@@ -12,7 +12,7 @@ from fedseg.types import CONTROL_PREFIX, Update
 
 C = CONTROL_PREFIX
 SITES = ["a", "b", "c", "d", "e"]
-START = {"w": np.array([[0.5, -1.0, 2.0], [0.0, 3.0, -0.25]]), "b": np.array(0.75),
+START = {"w": np.array([[0.5, -1.0, 2.0], [0.0, 3.0, -0.25]]), "b": np.array([0.75]),  # no 0-d: see shrink
          "count": np.array(10, dtype=np.int64)}
 DECLARED = {s: {"train": 9, "val": 0, "test": 0} for s in SITES}
 
@@ -94,3 +94,15 @@ def test_hospitals_builder_output_folder_check_comes_before_reading_the_source(t
     (tmp_path / "out" / "x").write_text("")
     with pytest.raises(UserError, match="not empty"):
         build(Path(tmp_path / "no-such-source"), tmp_path / "out")
+
+
+def test_clip_shrinks_an_outlying_model_to_the_models_bound():
+    plan = Scaffold(seed=0, weighted_by="uniform", sites=len(SITES))
+    sent = plan.outgoing(0, START)
+    intake = RoundIntake(plan.aggregation(0, sent), sent, DECLARED, GuardConfig(norm_action="clip"))
+    for site in "abcd":
+        intake.receive(site, _reply(sent, site, model_step=0.01, control_step=1.0))
+    intake.receive("e", _reply(sent, "e", model_step=4.0, control_step=0.0))
+    result, report = intake.finish()
+    assert set(report["clipped"]) == {"e"} and not intake.rejected
+    assert np.abs(result["w"] - START["w"]).max() < 0.02  # e's model moved at most 5 x the median
