@@ -136,7 +136,7 @@ def test_a_restarted_site_uses_its_saved_normalisation(site, tmp_path):
     assert_same(split(restarted.starts[0], keys)[0], split(retrained, keys)[0])  # round 2's, as retrained
 
     (state / "local_norm_round_0002.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="local_norm_round_0002.pt: this site's saved normalisation does not fit"):
+    with pytest.raises(UserError, match="local_norm_round_0002.pt: this site's saved normalisation is damaged or does not fit"):
         site(state).train(received, config(3))
 
 

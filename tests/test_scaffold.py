@@ -356,7 +356,7 @@ def test_a_site_keeps_c_i_by_the_formula_and_a_restarted_site_continues_bit_for_
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["scaffold_round_0001.pt",
                                                                       "scaffold_round_0002.pt"]
     (tmp_path / "copy" / "scaffold_round_0000.pt").write_bytes(b"damaged")
-    with pytest.raises(UserError, match="saved SCAFFOLD control variate does not fit"):
+    with pytest.raises(UserError, match="saved SCAFFOLD control variate is damaged or does not fit"):
         site_trainer(data, tmp_path / "copy").train(model, second, control=c1)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedseg.errors import UserError, printable
+from fedseg.training.round_state import KeptByRound, RoundFiles
 from fedseg.types import RoundConfig, Weights
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 NORMS_WITH_STATE = ("batch",)
 """``[model] norm`` values whose layers have parameters or statistics (MONAI's instance norm has
 ``affine=False`` and no running statistics: nothing to keep); tests check it against the networks."""
-KEEP = 2
-"""Rounds kept in ``state_dir``: a resume needs at most the one before the last."""
 
 
 def local_norm_problem(model_norm: str, dp: str = "off") -> str | None:
@@ -78,7 +77,9 @@ class LocalNorm:
         state = network.state_dict()
         self.template = {key: (tuple(state[key].shape), str(state[key].dtype).removeprefix("torch."))
                          for key in self.keys}
-        self._kept: dict[int, Weights] | None = None  # round -> values; read from state_dir at first use
+        self.kept = KeptByRound(RoundFiles(state_dir, "local_norm", "normalisation", "go on from the global model's"),
+                                self.template)
+        """The site's normalisation by round, in memory and in ``state_dir``."""
 
     def received(self, weights: Weights, config: RoundConfig) -> Weights:
         """``weights`` to train from in ``config.round``: with ``local_norm``, this site's own
@@ -89,19 +90,7 @@ class LocalNorm:
         """Keep the normalisation of ``weights``, this site's model after training in ``config.round``."""
         if not self._on(config):
             return
-        kept = self._rounds()
-        kept[config.round] = {key: np.array(weights[key], copy=True) for key in self.keys}
-        for old in sorted(kept)[:-KEEP]:
-            del kept[old]
-        if self.state_dir is not None:
-            from fedseg.files import torch_save_atomic
-            from fedseg.training.weights import to_tensors
-
-            path = self.state_dir / f"local_norm_round_{config.round:04d}.pt"
-            torch_save_atomic(to_tensors(kept[config.round]), path)
-            for path in self._files():
-                if _round_of(path) not in kept:
-                    path.unlink()
+        self.kept.keep(config.round, {key: np.array(weights[key], copy=True) for key in self.keys})
 
     def own(self, weights: Weights) -> Weights:
         """``weights`` with this site's normalisation from its last training (unchanged if none):
@@ -109,9 +98,8 @@ class LocalNorm:
         return self._with_own(weights, None)
 
     def _with_own(self, weights: Weights, before: int | None) -> Weights:
-        kept = self._rounds()
-        rounds = [r for r in kept if before is None or r < before]
-        return {**weights, **kept[max(rounds)]} if rounds and self.keys else weights
+        own = self.kept.before(before) if self.keys else None
+        return {**weights, **own} if own is not None else weights
 
     def _on(self, config: RoundConfig) -> bool:
         value = config.extra.get("local_norm", False)
@@ -119,33 +107,3 @@ class LocalNorm:
             raise UserError(f"site {printable(self.site)}: the round's local_norm must be true or false, got "
                             f"{printable(repr(value))[:40]}")
         return value
-
-    def _rounds(self) -> dict[int, Weights]:
-        if self._kept is None:
-            self._kept = {}
-            for path in self._files()[-KEEP:]:
-                self._kept[_round_of(path)] = self._load(path)
-        return self._kept
-
-    def _load(self, path: Path) -> Weights:
-        import torch
-
-        try:
-            values = {key: tensor.numpy() for key, tensor in torch.load(path, weights_only=True).items()}
-            found = {key: (tuple(v.shape), str(v.dtype)) for key, v in values.items()}
-        except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-            found, values = {"?": str(exc)[:80]}, {}
-        if found != self.template:
-            raise UserError(f"{path}: this site's saved normalisation does not fit its network (damaged or from "
-                            "another model); delete it to go on from the global model's (the run then differs from "
-                            "an uninterrupted one), or restore it")
-        return values
-
-    def _files(self) -> list[Path]:
-        if self.state_dir is None or not self.state_dir.is_dir():
-            return []
-        return sorted(self.state_dir.glob("local_norm_round_*.pt"), key=_round_of)
-
-
-def _round_of(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])

@@ -29,14 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedseg.errors import UserError, printable
+from fedseg.training.round_state import KeptByRound, RoundFiles
 from fedseg.types import CONTROL_PREFIX, Update, Weights
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-KEEP = 2
-"""Rounds of ``c_i`` kept in ``state_dir``: a resume needs at most the one before the last."""
 
 
 class SiteControls:
@@ -45,7 +43,9 @@ class SiteControls:
     def __init__(self, site: str, network: nn.Module, state_dir: Path | None, private: bool = False):
         self.site, self.network, self.state_dir, self.private = site, network, state_dir, private
         self.keys = tuple(name for name, p in network.named_parameters() if p.requires_grad)
-        self._kept: dict[int, Weights] | None = None  # round -> c_i; read from state_dir at first use
+        self.kept = KeptByRound(RoundFiles(state_dir, "scaffold", "SCAFFOLD control variate", "start again from zero"),
+                                {k: (tuple(p.shape), "float64") for k, p in network.named_parameters() if k in self.keys})
+        """c_i by round (float64), in memory and in ``state_dir``."""
 
     def corrected(self, control: Weights | None, round: int, optimizer: torch.optim.Optimizer,
                   train: Callable[[], Update]) -> Update:
@@ -83,7 +83,7 @@ class SiteControls:
         new = {k: c_i[k] - c[k] + (start[k] - np.asarray(update.weights[k], np.float64)) / step_sizes[k]
                if step_sizes[k] > 0 else c_i[k] for k in self.keys}
         if all(np.isfinite(v).all() for v in new.values()):
-            self._keep(round, new)
+            self.kept.keep(round, new)
         else:
             new = c_i
         reply = {CONTROL_PREFIX + k: np.asarray(c[k] + (new[k] - c_i[k]) if k in new else c[k]).astype(v.dtype)
@@ -92,51 +92,7 @@ class SiteControls:
 
     def before(self, round: int) -> Weights:
         """``c_i`` as it was before ``round``: from the last round before it this site trained in (zero if none)."""
-        kept = self._rounds()
-        rounds = [r for r in kept if r < round]
-        if rounds:
-            return kept[max(rounds)]
+        kept = self.kept.before(round)
+        if kept is not None:
+            return kept
         return {k: np.zeros(tuple(p.shape)) for k, p in self.network.named_parameters() if k in self.keys}
-
-    def _keep(self, round: int, c_i: Weights) -> None:
-        kept = self._rounds()
-        kept[round] = c_i
-        for old in sorted(kept)[:-KEEP]:
-            del kept[old]
-        if self.state_dir is not None:
-            from fedseg.files import torch_save_atomic
-            from fedseg.training.weights import to_tensors
-
-            torch_save_atomic(to_tensors(c_i), self.state_dir / f"scaffold_round_{round:04d}.pt")
-            for path in self._files():
-                if _round_of(path) not in kept:
-                    path.unlink()
-
-    def _rounds(self) -> dict[int, Weights]:
-        if self._kept is None:
-            self._kept = {_round_of(path): self._load(path) for path in self._files()[-KEEP:]}
-        return self._kept
-
-    def _load(self, path: Path) -> Weights:
-        import torch
-
-        expected = {k: (tuple(p.shape), "float64") for k, p in self.network.named_parameters() if k in self.keys}
-        try:
-            values = {k: t.numpy() for k, t in torch.load(path, weights_only=True).items()}
-            found = {k: (tuple(v.shape), str(v.dtype)) for k, v in values.items()}
-        except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-            found, values = {"?": (str(exc)[:80],)}, {}
-        if found != expected:
-            raise UserError(f"{path}: this site's saved SCAFFOLD control variate does not fit its network (damaged or "
-                            "from another model); delete it to start again from zero (the run then differs from an "
-                            "uninterrupted one), or restore it")
-        return values
-
-    def _files(self) -> list[Path]:
-        if self.state_dir is None or not self.state_dir.is_dir():
-            return []
-        return sorted(self.state_dir.glob("scaffold_round_*.pt"), key=_round_of)
-
-
-def _round_of(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])

@@ -18,8 +18,6 @@ from monai.data.meta_tensor import MetaTensor
 
 from fedseg.data.dataset import SiteDataset
 from fedseg.data.task import Task
-from fedseg.errors import UserError
-from fedseg.files import torch_save_atomic
 from fedseg.models.registry import ModelConfig, build_network
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
@@ -27,6 +25,7 @@ from fedseg.training.inference import predict_logits, predict_probabilities
 from fedseg.training.local_norm import LocalNorm
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
 from fedseg.training.metrics import case_metrics
+from fedseg.training.round_state import RoundFiles, round_of
 from fedseg.training.scaffold import SiteControls
 from fedseg.training.schedules import RoundLR
 from fedseg.training.weights import get_weights, set_weights
@@ -58,6 +57,7 @@ class SiteTrainer:
         self.loss = build_loss(config.loss, data.task.n_classes, data.annotated).to(self.device)
         self.roi_size = data.preprocessing.patch_size
         self.state_dir = state_dir
+        self._optimizer_files = RoundFiles(state_dir, "optimizer", "optimizer state", "go on with fresh optimizer moments")
         self._optimizer: torch.optim.Optimizer | None = None
         self._private = None
         self.local_norm = LocalNorm(data.name, self.network, state_dir)  # [plan] local_norm (FedBN)
@@ -100,7 +100,7 @@ class SiteTrainer:
         update = self.controls.corrected(control, config.round, optimizer, lambda: self._train(config, optimizer))
         self.local_norm.trained(config, update.weights)
         if self.config.optimizer_state == "keep":
-            self._save_optimizer(config.round, optimizer)
+            self._optimizer_files.save(config.round, optimizer.state_dict())
         return update
 
     def fine_tune(self, weights: Weights, epochs: int, seed: int) -> Update:
@@ -134,27 +134,13 @@ class SiteTrainer:
         """This site's optimizer, restored after a restart from the last round before ``round``."""
         if self._optimizer is None:
             self._optimizer = self._new_optimizer()
-            saved = [p for p in self._optimizer_files() if _round_of(p) < round]
+            saved = [p for p in self._optimizer_files.paths() if round_of(p) < round]
             if saved:
                 try:
-                    self._optimizer.load_state_dict(torch.load(saved[-1], weights_only=True))
-                except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-                    raise UserError(f"{saved[-1]}: this site's saved optimizer state is damaged ({exc}); delete "
-                                    "the file to go on with fresh optimizer moments (the run then differs from "
-                                    "an uninterrupted one), or restore it") from None
+                    self._optimizer.load_state_dict(self._optimizer_files.load(saved[-1]))
+                except Exception as exc:  # torch raises many kinds for a state of another optimizer or network
+                    raise self._optimizer_files.damaged(saved[-1], str(exc)[:80]) from None
         return self._optimizer
-
-    def _save_optimizer(self, round: int, optimizer: torch.optim.Optimizer) -> None:
-        if self.state_dir is None:
-            return
-        torch_save_atomic(optimizer.state_dict(), self.state_dir / f"optimizer_round_{round:04d}.pt")
-        for old in self._optimizer_files()[:-2]:  # a resume needs at most the one before the last
-            old.unlink()
-
-    def _optimizer_files(self) -> list[Path]:
-        if self.state_dir is None or not self.state_dir.is_dir():
-            return []
-        return sorted(self.state_dir.glob("optimizer_round_*.pt"), key=_round_of)
 
     def evaluate(self, weights: Model, split: str = "test") -> list[CaseMetrics]:
         """Per-case metrics on ``split``; distances (HD95) only for the test split, as they are slow.
@@ -238,7 +224,3 @@ class SiteTrainer:
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata before the forward pass: it only costs time there."""
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
-
-
-def _round_of(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])
