@@ -106,3 +106,11 @@ def test_clip_shrinks_an_outlying_model_to_the_models_bound():
     result, report = intake.finish()
     assert set(report["clipped"]) == {"e"} and not intake.rejected
     assert np.abs(result["w"] - START["w"]).max() < 0.02  # e's model moved at most 5 x the median
+
+
+def test_shrinking_keeps_a_zero_dimensional_parameter_an_array():
+    """A clipped update must still pass the coordinator's checks: a 0-d float parameter stays an array."""
+    from fedseg.plans.robust import shrink
+
+    moved = shrink({"scale": np.array(3.0, np.float32)}, {"scale": np.array(1.0, np.float32)}, 0.5)
+    assert isinstance(moved["scale"], np.ndarray) and moved["scale"].dtype == np.float32 and moved["scale"] == 2.0

@@ -93,7 +93,7 @@ def shrink(weights: Weights, reference: Weights, scale: float) -> Weights:
     for key, value in weights.items():
         if np.issubdtype(value.dtype, np.floating):
             start = np.asarray(reference[key], np.float64)
-            value = (start + scale * (np.asarray(value, np.float64) - start)).astype(value.dtype)
+            value = np.asarray(start + scale * (np.asarray(value, np.float64) - start)).astype(value.dtype)  # 0-d stays an array
         out[key] = value
     return out
 
