@@ -142,6 +142,15 @@ def test_the_example_grid_fits_the_cross_domain_example():
     assert baseline.arms == ("standalone",)
 
 
+def test_the_hospitals_example_grid_fits_its_base_experiment():
+    """The README's plan comparison on the 2D hospitals as a sweep: every cell is an experiment."""
+    cells = read_grid(EXAMPLES / "hospitals2d_sweep.toml")
+    experiments, baseline = check_cells(EXAMPLES / "hospitals2d_fedavg.toml", cells, cell_names(cells))
+    assert [e.plan["name"] for e in experiments.values()].count("scaffold") == 2
+    assert experiments["scaffold-norm=batch-local_norm=true"].model.norm == "batch"
+    assert baseline.arms == ("standalone", "centralized")
+
+
 # -- a whole sweep --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
