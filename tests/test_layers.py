@@ -15,7 +15,7 @@ LAYERS = [
     {"runtime"},
     {"evaluation", "report"},
     {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli",
-     "cli_deployment", "sweep", "sweep_report"},
+     "cli_deployment", "sweep", "sweep_report", "deployed_arms", "external", "external_deployment"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="keep finished cells, continue an interrupted one")
     sweep.set_defaults(handler=_sweep)
 
+    evaluate = commands.add_parser("evaluate", help="score a model trained anywhere on every site's test cases")
+    evaluate.add_argument("model", type=Path, help="state dict (.pt): a run's FL_global.pt, a MONAI bundle's model.pt")
+    evaluate.add_argument("experiment", type=Path, help="experiment TOML file: the sites and the model's network")
+    evaluate.add_argument("--out", type=Path, required=True, help="run directory to write")
+    evaluate.add_argument("--cases", choices=("test", "all"), default="test", help="which cases each site scores")
+    evaluate.add_argument("--name", help="the model's name in the results (default: the file's name)")
+    evaluate.add_argument("--admin", type=Path, help="admin kit: score at a consortium's sites (else simulation)")
+    evaluate.set_defaults(handler=_evaluate)
+
     report = commands.add_parser("report", help="(re)write report.md and report.html of a run directory")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=_report)
@@ -166,6 +175,23 @@ def _sweep(args) -> int:
     for line in ranking_lines(summary):
         console.print(line, highlight=False, markup=False)
     console.print(f"sweep: {args.out / 'sweep.md'}", highlight=False, markup=False)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from fedseg.console import results_table
+    from fedseg.experiment import load_experiment
+    from fedseg.external import evaluate_simulated
+
+    experiment = load_experiment(args.experiment)
+    if args.admin:
+        from fedseg.external_deployment import evaluate_deployed
+
+        results = evaluate_deployed(args.model, experiment, args.out, args.cases, args.name, args.admin)
+    else:
+        results = evaluate_simulated(args.model, experiment, args.out, args.cases, args.name)
+    console.print(results_table(results))
+    console.print(f"run directory: {args.out}\nreport: {args.out / 'report.md'}", highlight=False, markup=False)
     return 0
 
 

@@ -9,6 +9,11 @@ from fedseg.evaluation.text import markdown_text as _md
 
 def protocol(experiment: dict, results: dict) -> str:
     """One paragraph from the experiment as run (``experiment.toml`` as a dict) and ``results.json``."""
+    if isinstance(external := results.get("external"), dict):  # fedseg evaluate: nothing was trained
+        return (f"External validation: this run trained nothing; it scored the model "
+                f"{_md(results.get('model', '?'))} (file {_md(external.get('file', '?'))}, SHA-256 "
+                f"{_md(external.get('sha256', '?'))}) on {'all' if external.get('cases') == 'all' else 'the held-out test'}"
+                f" cases of every site.")
     training, federation = experiment.get("training", {}), experiment.get("federation", {})
     arms = [_arm(arm, experiment, len(experiment.get("sites", []))) for arm in experiment.get("arms", ["federated"])]
     steps = training.get("local_steps")
@@ -50,6 +55,8 @@ def _arm(arm: str, experiment: dict, n_sites: int) -> str:
 
 
 def timing(results: dict) -> str:
+    if "external" in results:
+        return f"Wall time {results.get('wall_time_s', 0):.1f} s (scoring the model at every site)."
     return (f"Wall time {results.get('wall_time_s', 0):.1f} s (training every arm, testing every model); "
             f"training at the federated arm's sites took {results.get('train_seconds', 0):.1f} s summed over sites.")
 
