@@ -362,6 +362,31 @@ def test_a_kit_from_another_project_cannot_join_or_submit(consortium, workspace)
 
 
 @pytest.mark.slow
+def test_external_validation_scores_a_model_at_every_site_as_its_simulation(consortium, experiment_file, workspace):
+    from fedseg.external import evaluate_simulated
+    from fedseg.external_deployment import evaluate_deployed
+
+    experiment = load_experiment(experiment_file("external", rounds=1))
+    run_simulation(experiment, workspace / "external-trained")
+    model = workspace / "external-trained" / "checkpoints" / "FL_global.pt"
+    simulated = evaluate_simulated(model, experiment, workspace / "external-simulated", name="outside")
+    out = workspace / "external-deployed"
+    deployed = evaluate_deployed(model, experiment, out, "test", "outside", consortium.kits["admin"])
+    assert deployed["model"] == "outside" and deployed["external"] == simulated["external"]
+    assert deployed["overall"]["n_cases"] == simulated["overall"]["n_cases"] > 0
+    for site, summary in simulated["sites"].items():
+        assert deployed["sites"][site]["mean_dice"] == pytest.approx(summary["mean_dice"], abs=1e-6), site
+    received = [json.loads(line) for line in (out / "received.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in received} == {"join", "evaluate"}  # nothing trained, the model only scored
+    assert all(r["verdict"] == "accepted" for r in received)
+    assert "External validation: this run trained nothing" in (out / "report.md").read_text()
+    with pytest.raises(UserError, match="other shapes"):  # refused at the admin's, before any site sees it
+        wider = experiment_file("external_wide", rounds=1, model={"channels": [8, 16, 32]})
+        evaluate_deployed(model, load_experiment(wider), workspace / "external-wide", "test", None,
+                          consortium.kits["admin"])
+
+
+@pytest.mark.slow
 def test_sites_that_die_mid_run_are_dropped_and_the_run_finishes(consortium, experiment_file, workspace):
     experiment = experiment_file("dropout", rounds=8, training={"local_steps": 40},
                                  deployment={"round_timeout": 30, "min_responses": 1})

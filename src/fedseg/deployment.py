@@ -90,9 +90,18 @@ def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run:
 
 class Coordinator(FlareController):
     """The coordinator of one deployed run: the federated arm through the round engine, then
-    every site's test scores of the final model, results and report."""
+    every site's test scores of the final model, results and report; with ``evaluate`` (a job of
+    ``fedseg evaluate --admin``) it trains nothing and scores the job's model (``external_deployment``)."""
+
+    def __init__(self, experiment: str, resume: bool = False, evaluate: dict | None = None):
+        super().__init__(experiment, resume)
+        self.evaluate = evaluate
 
     def run_study(self) -> None:
+        if self.evaluate is not None:
+            from fedseg.external_deployment import score_only
+
+            return score_only(self, self.evaluate)
         started = time.perf_counter()
         experiment = deployable(parse_text(self.experiment))
         run_dir = RunDirectory(self.runs_root() / safe_name(experiment.name, "experiment name"))
