@@ -12,10 +12,10 @@ the resolved device is the site's own business.
 Reproducibility holds per device: a round given the same weights and round config on the same
 device gives the same update bit for bit, which is what resume relies on. On the CPU nothing is
 changed. On CUDA, ``reproducible`` turns on cuDNN's deterministic kernels and turns off its
-autotuner (``benchmark``) for every training round and evaluation: measured on an H100
-(``benchmarks/dp_step.py``), rounds differed by 3e-3 to 8e-3 in the weights without it and
-retraced bit for bit with it. A round retraced on another device (a GPU, or CPU after a GPU)
-differs in the last bits.
+autotuner (``benchmarks/dp_step.py`` on an H100: plain rounds without these settings differed
+by 3e-3 to 8e-3 in the weights between two runs; DP rounds with them retraced bit for bit;
+``benchmarks/gpu_round.py`` checks plain rounds). A round retraced on another device (a GPU,
+or the CPU after a GPU) differs in the last bits.
 """
 
 from __future__ import annotations
