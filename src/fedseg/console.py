@@ -56,6 +56,18 @@ def round_line(progress: dict) -> str:
     return f"round {progress['round'] + 1}/{progress['rounds']} done: {sites}"
 
 
+def running_line(progress: dict, now: float) -> str | None:
+    """The running round of a deployed run: how long it has run and which sites have answered."""
+    current = progress.get("current")
+    if not isinstance(current, dict) or not isinstance(current.get("sites"), dict):
+        return None
+    sites = ", ".join(f"{site} {state}" for site, state in current["sites"].items())
+    started = current.get("started")
+    since = f" for {max(now - started, 0):.0f} s" if isinstance(started, (int, float)) else ""
+    number = current.get("round")
+    return escape(f"round {number + 1 if isinstance(number, int) else '?'} running{since}: {sites}")
+
+
 def results_table(results: dict) -> Table:
     classes = list(results["overall"]["dice_per_class"])
     table = Table(title=f"Test Dice of {results['model']}")

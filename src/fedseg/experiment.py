@@ -31,6 +31,7 @@ from fedseg.privacy.config import PrivacyConfig
 from fedseg.runtime.intake import GuardConfig
 from fedseg.runtime.round_policy import RoundPolicy
 from fedseg.runtime.site_app import check_fault
+from fedseg.runtime.tracking import TrackingConfig
 from fedseg.tables import ConfigError, build_table, check_numbers, read_toml
 from fedseg.training.config import TrainingConfig
 from fedseg.training.local_norm import local_norm_problem
@@ -77,6 +78,8 @@ class Experiment:
     """The coordinator's update-norm guard (``[guard]``)."""
     privacy: PrivacyConfig = PrivacyConfig()
     """Differential privacy, secure aggregation, homomorphic encryption (``[privacy]``)."""
+    tracking: TrackingConfig = TrackingConfig()
+    """TensorBoard files and an MLflow server to watch the run with (``[tracking]``; the coordinator's only)."""
     arms: tuple[str, ...] = ("federated",)
     plan: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     faults: dict[str, str] = field(default_factory=dict)
@@ -116,7 +119,8 @@ class Experiment:
 
 SECTIONS = {"task": Task, "splits": SplitFractions, "preprocessing": Preprocessing,
             "model": ModelConfig, "training": TrainingConfig, "federation": FederationConfig,
-            "deployment": RoundPolicy, "guard": GuardConfig, "privacy": PrivacyConfig}
+            "deployment": RoundPolicy, "guard": GuardConfig, "privacy": PrivacyConfig,
+            "tracking": TrackingConfig}
 TOP_LEVEL = {"name", "seed", "sites", "arms", "plan", "faults", *SECTIONS}
 ARMS = ("federated", "standalone", "centralized")
 

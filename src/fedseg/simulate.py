@@ -18,7 +18,8 @@ from fedseg.report.overlays import overlay_figure, pick_examples
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.simulation import InProcessDispatcher
 from fedseg.runtime.site_app import SiteApp
-from fedseg.study import initial_weights, load_sites, prepare_run_dir, round_engine, site_app, write_results
+from fedseg.study import (initial_weights, load_sites, prepare_run_dir, round_engine, site_app, track_results,
+                          write_results)
 from fedseg.types import Model
 
 
@@ -50,6 +51,7 @@ def run_simulation(experiment: Experiment, out: Path, resume: bool = False,
     headline = results["model"]
     _draw_examples(run_dir, headline, models[headline], apps, results)
     write_report(run_dir.root)
+    track_results(experiment, run_dir)
     return results
 
 

@@ -19,9 +19,11 @@ from fedseg.experiment import Experiment, parse_experiment
 from fedseg.plans.base import ComputePlan
 from fedseg.privacy.ledger import kept_secret
 from fedseg.runtime.engine import Dispatcher, RoundEngine, RoundObserver
+from fedseg.runtime.mlflow_log import finish_tracking
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.secure_sum import SecureSum
 from fedseg.runtime.site_app import SiteApp
+from fedseg.runtime.tracking import Tracked
 from fedseg.tables import read_toml
 from fedseg.training.local_norm import scoring_note
 from fedseg.types import CaseMetrics, Weights
@@ -47,20 +49,14 @@ def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
 
 
 def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None = None, pseudonyms: bool = False,
-             fault: str | None = None, he_secret: bytes | None = None, device: str | None = None) -> SiteApp:
+             fault: str | None = None, he_secret: bytes | None = None) -> SiteApp:
     """A site's app: its trainer on ``data``, as every runtime builds it (``he_secret``: the
-    site's CKKS key, from its kit or the simulation's keys; ``device``: the site's own choice
-    over ``[training] device``, placed by the site's position in ``[[sites]]``: ``training.devices``)."""
-    from fedseg.training.devices import placed_device
+    site's CKKS key, from its kit or the simulation's keys)."""
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
-    try:
-        placed = placed_device(device or experiment.training.device, data.name, [s.name for s in experiment.sites])
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
     trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir,
                           privacy=experiment.privacy, dp_trainings=trainings(experiment, data.name),
-                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs, device=placed)
+                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs)
     return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault, he_secret=he_secret)
 
 
@@ -99,6 +95,8 @@ def round_engine(experiment: Experiment, plan: ComputePlan, dispatcher: Dispatch
     keep_client_dp_secret(plan, secrets or run_dir.root / "private")
     privacy = experiment.privacy
     secure = SecureSum(privacy.secure_sum, privacy.clip, he_public) if federation and privacy.secure_sum else None
+    observer = Tracked(observer, experiment.tracking, experiment.name, experiment.to_dict(), run_dir.root,
+                       plan.total_rounds)  # TensorBoard and MLflow see every round of every arm
     return RoundEngine(plan, dispatcher, run_dir, sites, experiment.deployment, experiment.guard,
                        experiment.federation.validate_global, observer, set(experiment.task.foreground_names),
                        {spec.name: spec.cases for spec in experiment.sites if spec.cases is not None}, secure)
@@ -117,11 +115,21 @@ def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool,
             raise UserError(f"{saved} is damaged ({exc}); it cannot be compared with the experiment given: "
                             "restore it from your experiment file (the same file continues the run) "
                             "or start a new run with another --out") from None
-        if previous.to_dict() != experiment.to_dict():
+        if _watched_aside(previous) != _watched_aside(experiment):
             raise UserError(f"{saved} differs from the experiment given; --resume continues the same "
                             "experiment only: use the same file, or another --out for a new run")
     run_dir.create()
     saved.write_text(experiment.to_toml())
+
+
+def _watched_aside(experiment: Experiment) -> dict[str, Any]:
+    """The experiment without ``[tracking]``: how a run is watched may change when it is resumed."""
+    return {key: value for key, value in experiment.to_dict().items() if key != "tracking"}
+
+
+def track_results(experiment: Experiment, run_dir: RunDirectory) -> None:
+    """The finished run's report, results and FL_global to MLflow, when the experiment names a server."""
+    finish_tracking(experiment.tracking, experiment.name, experiment.to_dict(), run_dir.root)
 
 
 def privacy_results(experiment: Experiment, metrics: list[dict], membership: dict[str, dict[str, float]]) -> dict:
