@@ -44,3 +44,13 @@ def test_privacy_benchmarks_quick_run(script, expected):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert expected in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_round_quick_runs_without_a_gpu():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_round.py"), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| cpu ")]
+    assert rows and rows[0].rstrip().endswith("yes |"), result.stdout  # the CPU round retraced bit for bit
+    assert "no CUDA GPU visible" in result.stdout or "GPU/CPU time ratio" in result.stdout, result.stdout

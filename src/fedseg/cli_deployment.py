@@ -41,6 +41,10 @@ def add_commands(commands, output: Output) -> None:
                       "(nan, random, scale:K, drop) so the coordinator's guards can be seen at work")
     site.add_argument("--max-epsilon", type=float, metavar="E", help="train only under sample-level DP, with "
                       "epsilon <= E for all runs together (this site's own privacy budget)")
+    site.add_argument("--device", metavar="DEVICE", help="train on this device (cpu, cuda, cuda:N) whatever the "
+                      "experiment says; default: its [training] device (auto: a GPU when there is one)")
+    site.add_argument("--threads", type=int, metavar="N", help="torch threads of this site's processes (sites "
+                      "sharing one machine: split its cores); default: torch's (all cores)")
     site.set_defaults(handler=_site)
 
     submit = commands.add_parser("submit", help="run an experiment file on the consortium")
@@ -78,7 +82,8 @@ def _server(args, output: Output) -> int:
 def _site(args) -> int:
     from fedseg.consortium import run_site
 
-    return run_site(args.kit, args.data, args.share_logs, args.fault, args.max_epsilon) or 0  # it execs: no return
+    return run_site(args.kit, args.data, args.share_logs, args.fault, args.max_epsilon,
+                    device=args.device, threads=args.threads) or 0  # it execs: no return
 
 
 def _submit(args, output: Output) -> int:

@@ -36,10 +36,11 @@ def run_server(kit_dir: Path, runs: Path | None = None, announce: Callable[[str]
 
 
 def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | None = None,
-             max_epsilon: float | None = None) -> None:
+             max_epsilon: float | None = None, device: str | None = None, threads: int | None = None) -> None:
     """Replace this process with the site. Its logs stay here unless ``share_logs``, and it trains
     only under sample-level DP within ``max_epsilon`` if given: both choices are the site
-    operator's alone (nothing in a job or in the coordinator's kits can make them)."""
+    operator's alone (nothing in a job or in the coordinator's kits can make them), as are its
+    ``device`` and torch ``threads``."""
     kit = read_kit(kit_dir, "site")
     if not Path(data).is_dir() and not Path(data).is_file():
         raise UserError(f"--data {data} does not exist; give the folder (images/ + labels/) or CSV manifest "
@@ -50,9 +51,14 @@ def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | N
         raise UserError(f"--fault: {exc}") from None
     if max_epsilon is not None and not (math.isfinite(max_epsilon) and max_epsilon > 0):
         raise UserError(f"--max-epsilon must be a finite number > 0, got {max_epsilon}")
+    try:
+        environment = processes.site_resources(processes.site_environment(data, fault, max_epsilon), kit.name,
+                                               device, threads)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     processes.configure_site(kit, COMPONENTS.executor, share_logs)
     command = processes.site_command(kit)
-    os.execve(command[0], command, processes.site_environment(data, fault, max_epsilon))
+    os.execve(command[0], command, environment)
 
 
 def submit(experiment: Experiment, admin_kit: Path, resume: bool = False,

@@ -29,7 +29,7 @@ from fedseg.report.markdown import write_report
 from fedseg.runtime.flare.controller import FlareController
 from fedseg.runtime.flare.executor import FlareSiteExecutor
 from fedseg.runtime.flare.job import Components
-from fedseg.runtime.flare.processes import MAX_EPSILON_ENV
+from fedseg.runtime.flare.processes import DEVICE_ENV, MAX_EPSILON_ENV
 from fedseg.runtime.flare.provision import load_he_context
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
@@ -153,7 +153,8 @@ class Site(FlareSiteExecutor):
             cap = float(os.environ[MAX_EPSILON_ENV])
             site_budget(parsed, site, cap, self.kit / "fedseg-state", state_dir.parent.name)
         he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
-        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret)
+        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret,
+                        device=os.environ.get(DEVICE_ENV) or None)  # fedseg site --device
 
 
 COMPONENTS = Components(controller=f"{__name__}.{Coordinator.__name__}", executor=f"{__name__}.{Site.__name__}")

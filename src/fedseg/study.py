@@ -49,14 +49,20 @@ def load_sites(experiment: Experiment) -> dict[str, SiteDataset]:
 
 
 def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None = None, pseudonyms: bool = False,
-             fault: str | None = None, he_secret: bytes | None = None) -> SiteApp:
+             fault: str | None = None, he_secret: bytes | None = None, device: str | None = None) -> SiteApp:
     """A site's app: its trainer on ``data``, as every runtime builds it (``he_secret``: the
-    site's CKKS key, from its kit or the simulation's keys)."""
+    site's CKKS key, from its kit or the simulation's keys; ``device``: the site's own choice
+    over ``[training] device``, placed by the site's position in ``[[sites]]``: ``training.devices``)."""
+    from fedseg.training.devices import placed_device
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
+    try:
+        placed = placed_device(device or experiment.training.device, data.name, [s.name for s in experiment.sites])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir,
                           privacy=experiment.privacy, dp_trainings=trainings(experiment, data.name),
-                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs)
+                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs, device=placed)
     return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault, he_secret=he_secret)
 
 

@@ -18,8 +18,8 @@ LR_SCHEDULES = ("constant", "step", "cosine", "poly")
 SCHEDULE_OPTIONS = {"step_milestones": ("step", ()), "step_gamma": ("step", 0.1), "poly_exponent": ("poly", 0.9)}
 """Options of one schedule shape and their defaults: another value with another shape is an error."""
 MAX_MILESTONES = 100
-DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]{1,3}")
-"""Devices a site trains on: ``cpu``, ``cuda`` (the current GPU) or ``cuda:N``."""
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]{1,3}")
+"""Devices a site trains on: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (placement: ``training/devices.py``)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,11 @@ class TrainingConfig:
     """Score the locally trained model on the site's validation cases (``val_dice`` in the update)."""
     optimizer_state: str = "reset"
     """``reset``: a fresh Adam every round; ``keep``: each site keeps its Adam moments across rounds."""
-    device: str = "cpu"
+    device: str = "auto"
+    """``auto``: a GPU when the site has one, else the CPU; ``cpu``; ``cuda`` (a GPU, refused without
+    one); ``cuda:N``. The site resolves it (``training/devices.py``); the run's file keeps what it said."""
+    amp: bool = False
+    """Automatic mixed precision (float16 autocast, gradient scaling) on CUDA; ignored on the CPU."""
     lr_schedule: str = "constant"
     """The lr over the whole run (``training/schedules.py``): constant | step | cosine | poly."""
     warmup: float = 0.0
@@ -59,7 +63,12 @@ class TrainingConfig:
                 raise ValueError(f"training.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not (isinstance(self.device, str) and DEVICE.fullmatch(self.device)):
             raise ValueError(f"training.device must be 'cpu', 'cuda' or 'cuda:N' (N the GPU's index, e.g. "
-                             f"'cuda:0'), got {self.device!r:.40}")
+                             f"'cuda:0'), or 'auto' (a GPU when there is one), got {self.device!r:.40}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"training.amp must be true or false, got {self.amp!r:.40}")
+        if self.amp and self.device == "cpu":
+            raise ValueError("training.amp = true needs a GPU, but training.device = 'cpu': set device = 'auto' "
+                             "(mixed precision where a site has a GPU) or remove amp")
         check_range("training.lr", self.lr, 0, above=True)
         check_range("training.weight_decay", self.weight_decay, 0)
         check_range("training.sw_overlap", self.sw_overlap, 0, 1, below=True)

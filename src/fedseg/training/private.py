@@ -43,7 +43,6 @@ Batch norm mixes the cases of a batch (refused by ``PrivacyConfig.check_with``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -65,6 +64,7 @@ from fedseg.privacy.accounting import epsilon_spent, noise_multiplier
 from fedseg.privacy.config import PrivacyConfig, dp_network_problem, largest_delta
 from fedseg.privacy.ledger import PrivacyLedger, kept_secret
 from fedseg.training.config import TrainingConfig
+from fedseg.training.devices import reproducible
 from fedseg.training.schedules import RoundLR, varies
 from fedseg.types import RoundConfig
 
@@ -156,7 +156,9 @@ class PrivateTraining:
         private = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                               max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.expected_batch,
                               loss_reduction="mean", generator=noise, secure_mode=True)
-        with _deterministic_cudnn():
+        # a request answered again must give the same update, or the two answers (same noise,
+        # rounding-different sums) would differ by data alone: cuDNN's deterministic kernels on CUDA
+        with reproducible(device):
             for step in range(steps):
                 lr.set(optimizer, step)
                 chosen = torch.nonzero(torch.rand(self.data.n_train, generator=sampler) < self.sample_rate)[:, 0]
@@ -201,15 +203,3 @@ def private_step(network: torch.nn.Module, optimizer: DPOptimizer, batch_loss: C
                 p.grad = p.grad + mu * (p.detach() - a)
         optimizer.original_optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-@contextlib.contextmanager
-def _deterministic_cudnn():
-    """cuDNN's deterministic kernels for the round: a request answered again must give the same
-    update, or the two answers (same noise, rounding-different sums) would differ by data alone."""
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved

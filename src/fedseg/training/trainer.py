@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from fedseg.data.task import Task
 from fedseg.models.registry import ModelConfig, build_network
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
+from fedseg.training.devices import Precision, reproducible, site_training
 from fedseg.training.inference import predict_logits, predict_probabilities
 from fedseg.training.local_norm import LocalNorm
 from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
@@ -44,14 +46,15 @@ class SiteTrainer:
     ``state_dir`` is where a site keeps what must survive a restart but never leaves the site:
     with ``optimizer_state = "keep"``, the optimizer state after each round it trained in; with
     ``privacy.dp = "sample"``, its privacy ledger and DP secret (``training/private.py``), the budget
-    covering ``dp_trainings`` rounds and ``dp_fine_tune_epochs`` epochs of fine-tuning.
+    covering ``dp_trainings`` rounds and ``dp_fine_tune_epochs`` epochs of fine-tuning. ``device``:
+    the site's own choice over ``config.device`` (both resolved by ``training.devices``).
     """
 
     def __init__(self, data: SiteDataset, model: ModelConfig, config: TrainingConfig,
                  state_dir: Path | None = None, privacy: PrivacyConfig | None = None, dp_trainings: int = 1,
-                 dp_fine_tune_epochs: int = 0):
+                 dp_fine_tune_epochs: int = 0, device: str | None = None):
         self.data = data
-        self.config = config
+        self.config = config = site_training(config, data.name, device)
         self.device = torch.device(config.device)
         self.network = build_site_network(model, data.task, config.loss).to(self.device)
         self.loss = build_loss(config.loss, data.task.n_classes, data.annotated).to(self.device)
@@ -62,6 +65,8 @@ class SiteTrainer:
         self._private = None
         self.local_norm = LocalNorm(data.name, self.network, state_dir)  # [plan] local_norm (FedBN)
         self._dp = (model, privacy, dp_trainings, dp_fine_tune_epochs) if privacy and privacy.dp == "sample" else None
+        if config.amp and self._dp:
+            warnings.warn(f"site {data.name}: DP-SGD rounds train in float32 (training.amp: evaluation only)")
         self.controls = SiteControls(data.name, self.network, state_dir, self._dp is not None)  # SCAFFOLD's c_i
 
     @property
@@ -110,6 +115,10 @@ class SiteTrainer:
         return self._train(config, self._new_optimizer(), "fine_tune")
 
     def _train(self, config: RoundConfig, optimizer: torch.optim.Optimizer, what: str = "round") -> Update:
+        with reproducible(self.device):  # what a round retraced bit for bit needs on this device
+            return self._train_here(config, optimizer, what)
+
+    def _train_here(self, config: RoundConfig, optimizer: torch.optim.Optimizer, what: str) -> Update:
         started = time.perf_counter()
         torch.manual_seed(config.seed)
         self.network.train()
@@ -120,7 +129,8 @@ class SiteTrainer:
         else:
             batches, steps = self._batches(config)
             lr = RoundLR(self.config, config, steps, self.name)  # [training] lr_schedule, set before each step
-            losses = [self._step(batch, optimizer, mu, anchor) for batch in lr.over(optimizer, batches)]
+            precision = Precision(self.device, self.config.amp)  # [training] amp: a fresh scaler each round
+            losses = [self._step(batch, optimizer, mu, anchor, precision) for batch in lr.over(optimizer, batches)]
             metrics = {"train_loss": float(np.mean(losses)), "steps": float(len(losses)), **lr.metrics()}
         if self.config.validate_local and self.data.cases["val"]:
             metrics["val_dice"] = mean_dice(self._evaluate_loaded("val", with_distances=False))
@@ -175,13 +185,15 @@ class SiteTrainer:
         ensemble's mean probabilities."""
         members = weights if isinstance(weights, list) else [weights]
         sums: list[torch.Tensor | None] = [None] * len(cases)
-        for member in members:
-            if member is not None:
-                set_weights(self.network, member)
-            for i, case in enumerate(cases):
-                p = predict_probabilities(self.network, case["image"].to(self.device), self.config.loss,
-                                          self.roi_size, self.config.sw_batch_size, self.config.sw_overlap).cpu()
-                sums[i] = p if sums[i] is None else sums[i] + p
+        with reproducible(self.device), Precision(self.device, self.config.amp).autocast():
+            for member in members:
+                if member is not None:
+                    set_weights(self.network, member)
+                for i, case in enumerate(cases):
+                    image = case["image"].to(self.device)
+                    p = predict_probabilities(self.network, image, self.config.loss, self.roi_size,
+                                              self.config.sw_batch_size, self.config.sw_overlap).float().cpu()
+                    sums[i] = p if sums[i] is None else sums[i] + p
         return [probabilities_to_labels(s[None] / len(members), self.config.loss)[0] for s in sums]
 
     def _score(self, case: dict, prediction: torch.Tensor, with_distances: bool) -> CaseMetrics:
@@ -201,13 +213,13 @@ class SiteTrainer:
         return itertools.islice(itertools.chain.from_iterable(loader for _ in range(cycles)), steps), steps
 
     def _step(self, batch: dict, optimizer: torch.optim.Optimizer, mu: float,
-              anchor: list[torch.Tensor] | None) -> float:
+              anchor: list[torch.Tensor] | None, precision: Precision) -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = self._batch_loss(batch)
+        with precision.autocast():
+            loss = self._batch_loss(batch)
         if anchor is not None:  # FedProx (Li et al. 2020): stay near the global model
             loss = loss + mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(self.network.parameters(), anchor))
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer)
         return float(loss.detach())
 
     def _batch_loss(self, batch: dict) -> torch.Tensor:

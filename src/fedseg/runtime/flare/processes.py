@@ -32,6 +32,11 @@ FAULT_ENV = "FEDSEG_SITE_FAULT"
 MAX_EPSILON_ENV = "FEDSEG_SITE_MAX_EPSILON"
 """``fedseg site --max-epsilon``: the site's own DP budget over all runs (``deployment.site_budget``)."""
 """A fault the site injects on purpose (``fedseg site --fault``), for robustness tests; site-side only."""
+DEVICE_ENV = "FEDSEG_SITE_DEVICE"
+"""``fedseg site --device``: the device the site trains on, over the experiment's ``[training] device``."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""``fedseg site --threads N``: torch takes its intra-op threads from these when a site process starts."""
+MAX_THREADS = 1024
 SHARE_LOGS = "allow_log_streaming"
 """FLARE's own switch in a site's ``local/resources.json``; ``site_process`` reads it too."""
 SITE_LOG_STREAMER = "nvflare.app_common.logging.site_log_streamer.SiteLogStreamer"
@@ -109,6 +114,24 @@ def site_environment(data: Path, fault: str | None = None, max_epsilon: float | 
     environment.pop(MAX_EPSILON_ENV, None)
     return {**environment, **({FAULT_ENV: fault} if fault else {}),
             **({MAX_EPSILON_ENV: repr(float(max_epsilon))} if max_epsilon is not None else {})}
+
+
+def site_resources(environment: dict[str, str], site: str, device: str | None = None,
+                   threads: int | None = None) -> dict[str, str]:
+    """``environment`` with the site operator's ``--device`` (checked against this machine's GPUs
+    now, not at the first job) and ``--threads`` (for sites sharing one machine); without them the
+    experiment's device and torch's default threads apply."""
+    environment = {k: v for k, v in environment.items() if k != DEVICE_ENV}
+    if device is not None:
+        from fedseg.training.devices import placed_device  # torch: only for a site that names its device
+
+        placed_device(device, site, what="--device")
+        environment[DEVICE_ENV] = device
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r:.20}")
+        environment.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+    return environment
 
 
 def _defaults(kit: Kit) -> dict:
