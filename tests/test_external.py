@@ -198,3 +198,59 @@ def test_any_tensor_table_is_fitted_exactly_or_refused(template, tmp_path, data)
     except UserError:
         return
     check_weights(weights, template, "model")  # accepted only as the network's own, finite weights
+
+
+# -- the deployed job's pieces, without processes (the run itself: tests/test_deployment.py) ----------
+
+
+def test_the_job_carries_the_model_as_arrays_and_the_coordinator_reads_them_back(trained, template, tmp_path):
+    from fedseg.deployment import COMPONENTS
+    from fedseg.external_deployment import MODEL_FILE, add_model, check_request, read_model
+    from fedseg.runtime.flare.job import write_job
+    from fedseg.runtime.flare.provision import Network
+
+    weights = load_external_model(trained[1] / "checkpoints" / "FL_global.pt", template)
+    job = write_job(tmp_path / "job", "tiny-evaluate-FL_global", "name = 'tiny'", False, 3, Network(), COMPONENTS)
+    request = {"model": "FL_global", "file": "FL_global.pt", "bytes": 10, "sha256": "0" * 64}
+    add_model(job, weights, request)
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert server["workflows"][0]["args"] == {"experiment": "name = 'tiny'", "resume": False, "evaluate": request}
+    assert check_request(server["workflows"][0]["args"]["evaluate"]) == request
+    back = read_model(job / "app" / "config" / MODEL_FILE, template)
+    assert list(back) == list(weights) and all(np.array_equal(back[k], weights[k]) for k in weights)
+
+    np.savez(tmp_path / "objects.npz", **{**weights, next(iter(weights)): np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(UserError, match="cannot be used.*(pickle|Object arrays)"):
+        read_model(tmp_path / "objects.npz", template)
+    np.savez(tmp_path / "short.npz", **dict(list(weights.items())[1:]))
+    with pytest.raises(UserError, match="missing"):
+        read_model(tmp_path / "short.npz", template)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=JSON | st.fixed_dictionaries({"model": JSON, "file": JSON, "bytes": JSON, "sha256": JSON}))
+def test_the_jobs_evaluate_argument_is_used_only_when_it_is_one(request):
+    from fedseg.external_deployment import check_request
+
+    try:
+        checked = check_request(request)
+    except UserError:
+        return
+    assert set(checked) == {"model", "file", "bytes", "sha256"} and len(checked["sha256"]) == 64
+
+
+def test_deployed_evaluation_refuses_all_cases_and_a_run_directory_before_connecting(trained, tmp_path):
+    from fedseg.external_deployment import evaluate_deployed
+
+    experiment_file, run = trained
+    experiment = parse_experiment(tomllib_load(experiment_file))
+    model = run / "checkpoints" / "FL_global.pt"
+    with pytest.raises(UserError, match="simulation-only"):
+        evaluate_deployed(model, experiment, tmp_path / "out", "all", None, tmp_path / "no-kit")
+    with pytest.raises(UserError, match="never writes into one"):
+        evaluate_deployed(model, experiment, run, "test", None, tmp_path / "no-kit")

@@ -88,7 +88,10 @@ def check_request(request: Any) -> dict[str, Any]:
     """The job's ``evaluate`` argument (from the submitter) if it is one, else a UserError."""
     if not isinstance(request, dict) or set(request) != REQUEST_KEYS:
         raise UserError(f"the job's 'evaluate' argument must be a table of {sorted(REQUEST_KEYS)}")
-    safe_name(request["model"], "model name")
+    try:
+        safe_name(request["model"], "the job's 'evaluate' model name", "FL_global")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if not isinstance(request["file"], str) or not 0 < len(request["file"]) <= 200:
         raise UserError("the job's 'evaluate' file must be a name of at most 200 characters")
     if not isinstance(request["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", request["sha256"]):
