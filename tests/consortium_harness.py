@@ -62,9 +62,10 @@ class Consortium:
         return self._start("server", ["server", str(self.kits["coordinator"])])
 
     def start_site(self, site: str, kit: Path | None = None, data: Path | None = None,
-                   fault: str | None = None) -> subprocess.Popen:
+                   fault: str | None = None, share_models: str | None = None) -> subprocess.Popen:
         return self._start(site, ["site", str(kit or self.kits[site]), "--data", str(data or self.sites[site]),
-                                  *(["--fault", fault] if fault else [])])
+                                  *(["--fault", fault] if fault else []),
+                                  *(["--share-models", share_models] if share_models else [])])
 
     def start_all(self, timeout: float = 90) -> None:
         self.start_server()

@@ -187,6 +187,22 @@ def test_status_lists_sites_and_jobs(fedavg_run, consortium):
 
 
 @pytest.mark.slow
+def test_a_deployed_run_writes_the_tensorboard_files_of_its_simulation(fedavg_run, workspace):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(run):
+        events = EventAccumulator(str(run / "tensorboard" / "FL_global"))
+        events.Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    deployed, simulated = scalars(fedavg_run), scalars(workspace / "fedavg-simulated")
+    assert deployed.keys() == simulated.keys() and "site/hospital_a/train_loss" in deployed
+    for tag in (t for t in simulated if "seconds" not in t):
+        assert [s for s, _ in deployed[tag]] == [s for s, _ in simulated[tag]] == [1, 2, 3], tag
+        assert [v for _, v in deployed[tag]] == pytest.approx([v for _, v in simulated[tag]], abs=1e-5), tag
+
+
+@pytest.mark.slow
 def test_submitting_a_finished_run_again_is_refused_without_touching_it(fedavg_run, consortium, experiment_file,
                                                                         workspace):
     owner = consortium.deployment_state("fedavg")
@@ -339,6 +355,70 @@ def test_client_level_dp_over_a_secure_sum_in_deployment(consortium, experiment_
     downloaded = [p for p in (workspace / "private-sum-deployed").rglob("*") if p.is_file()]
     assert not any(p.name == "client_dp_secret" for p in downloaded)
     assert not any(kept.read_bytes().strip() in p.read_bytes() for p in downloaded)
+
+
+@pytest.mark.slow
+def test_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(consortium, experiment_file,
+                                                                                 workspace):
+    """Each site trains its standalone model and fine-tunes FL_global into its FL_local at the site, in
+    its kit's state folder, with the simulation's code (the same models, bit for bit); each model goes
+    through the coordinator's memory to every site's test cases, and the deployed matrix is the simulated one."""
+    experiment = experiment_file("arms", rounds=2, arms=["federated", "standalone"], federation={"fine_tune_epochs": 1})
+    ended = run_deployed(consortium, experiment, workspace / "arms-deployed")
+    assert ended["state"] == "finished", ended
+    run_simulation(load_experiment(experiment), workspace / "arms-simulated")
+    deployed, simulated = workspace / "arms-deployed", workspace / "arms-simulated"
+    assert_same_run(deployed, simulated)
+    results_d, results_s = (json.loads((run / "results.json").read_text()) for run in (deployed, simulated))
+    assert results_d["models"] == results_s["models"] == ["FL_global", *(f"FL_local_{s}" for s in consortium.sites),
+                                                          *(f"standalone_{s}" for s in consortium.sites)]
+    assert results_d["unscored_sites"] == {}
+    for model, row in results_s["matrix"]["rows"].items():
+        for column, cell in row.items():
+            assert results_d["matrix"]["rows"][model][column]["n"] == cell["n"] > 0
+            assert results_d["matrix"]["rows"][model][column]["mean"] == pytest.approx(cell["mean"], abs=1e-6)
+    assert len(results_d["comparisons"]) == len(results_s["comparisons"]) > 0
+    for d, s in zip(results_d["comparisons"], results_s["comparisons"]):
+        assert d == {k: pytest.approx(v, abs=1e-6) if isinstance(v, float) else v for k, v in s.items()}
+    for site in consortium.sites:
+        kept = RunDirectory(consortium.kits[site] / "fedseg-state" / "arms" / site / "arms")
+        for name, tolerance in ((f"standalone_{site}", 0.0), (f"FL_local_{site}", WEIGHT_TOLERANCE)):
+            at_site, in_simulation = kept.load_model(name), RunDirectory(simulated).load_model(name)
+            for key in in_simulation:
+                np.testing.assert_allclose(at_site[key], in_simulation[key], rtol=0, atol=tolerance, err_msg=name)
+    downloaded = {p.name for p in deployed.rglob("*")}
+    assert not any(name.startswith(("standalone_", "FL_local_")) for name in downloaded), downloaded
+    assert "arms" not in downloaded  # no arm's run directory on the coordinator either
+    received = [json.loads(line) for line in (deployed / "received.jsonl").read_text().splitlines()]
+    shared = [line for line in received if line["task"] == "share_model"]
+    assert len(shared) == 2 * len(consortium.sites) and all(line["verdict"] == "accepted" for line in shared)
+    assert all(all(isinstance(v, list) for v in line["params"].values()) for line in shared)  # shapes, no values
+
+
+@pytest.mark.slow
+def test_a_site_that_keeps_its_models_has_them_scored_on_its_own_cases_only(consortium, experiment_file, workspace):
+    consortium.restart_site("hospital_c", share_models="none")
+    try:
+        experiment = experiment_file("arms-kept", rounds=1, arms=["federated", "standalone"])
+        ended = run_deployed(consortium, experiment, workspace / "arms-kept-deployed")
+        assert ended["state"] == "finished", ended
+    finally:
+        consortium.restart_site("hospital_c")
+    results = json.loads((workspace / "arms-kept-deployed" / "results.json").read_text())
+    rows = results["matrix"]["rows"]
+    assert rows["standalone_hospital_c"]["hospital_c"]["n"] > 0
+    assert rows["standalone_hospital_c"]["hospital_a"]["n"] == rows["standalone_hospital_c"]["hospital_b"]["n"] == 0
+    assert all(cell["n"] > 0 for cell in rows["standalone_hospital_a"].values())
+    assert set(results["unscored_sites"]) == {f"{site} (standalone_hospital_c)" for site in ("hospital_a", "hospital_b")}
+    assert all("--share-models none" in reason for reason in results["unscored_sites"].values())
+    assert "--share-models none" in (workspace / "arms-kept-deployed" / "report.md").read_text()
+    received = [json.loads(line) for line in (workspace / "arms-kept-deployed" / "received.jsonl").read_text()
+                .splitlines()]
+    assert ("share_model", "hospital_c") not in {(line["task"], line["site"]) for line in received}
+    run_simulation(load_experiment(experiment), workspace / "arms-kept-simulated")
+    simulated = json.loads((workspace / "arms-kept-simulated" / "results.json").read_text())["matrix"]["rows"]
+    assert rows["standalone_hospital_c"]["hospital_c"]["mean"] == pytest.approx(
+        simulated["standalone_hospital_c"]["hospital_c"]["mean"], abs=1e-6)
 
 
 @pytest.mark.slow

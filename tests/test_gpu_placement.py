@@ -78,8 +78,10 @@ def test_a_gpu_that_is_not_there_is_refused_naming_the_site_and_the_gpus(tmp_pat
     gpus(0)  # the site's own --device reaches its app, and is checked before the network is built
     experiment = parse_experiment(tiny_experiment(tmp_path, rounds=1))
     name, data = experiment.sites[0].name, load_site(experiment, experiment.sites[0])
-    with pytest.raises(UserError, match=f"site {name}: training.device = 'cuda:1' but no CUDA GPU"):
+    with pytest.raises(UserError, match=f"site {name}: --device = 'cuda:1' but no CUDA GPU"):
         site_app(experiment, data, device="cuda:1")
+    with pytest.raises(UserError, match=f"site {name}: training.device = 'cuda' but no CUDA GPU"):
+        site_app(dataclasses.replace(experiment, training=TrainingConfig(device="cuda")), data)
 
 
 @settings(max_examples=60, deadline=None)
@@ -198,3 +200,18 @@ def test_fedseg_site_refuses_a_missing_gpu_and_bad_threads_before_starting(tmp_p
     out = capsys.readouterr().out
     assert "site hospital_a: --device = 'cuda:1' but no CUDA GPU" in out and "--threads must be a whole" in out
     assert not (kits["hospital_a"] / "local" / "resources.json").exists()  # refused before anything was written
+
+
+def test_a_deployed_site_trains_where_its_operator_said(tmp_path, monkeypatch, gpus):
+    """``fedseg site --device`` reaches the site's app through its job process's environment."""
+    from fedseg.deployment import Site
+
+    gpus(0)
+    experiment = parse_experiment(tiny_experiment(tmp_path, rounds=1))
+    spec = experiment.sites[1]
+    site = Site(experiment.to_toml())
+    monkeypatch.setenv(DEVICE_ENV, "cuda:1")
+    with pytest.raises(UserError, match=f"site {spec.name}: --device = 'cuda:1' but no CUDA GPU"):
+        site.make_site_app(spec.name, spec.path, tmp_path / "state", None)
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert site.make_site_app(spec.name, spec.path, tmp_path / "state", None).trainer.device == torch.device("cpu")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedseg.data.dataset import SiteDataset
 from fedseg.experiment import Experiment
@@ -30,6 +31,9 @@ from fedseg.runtime.site_app import SiteApp
 from fedseg.seeding import stable_seed
 from fedseg.study import round_engine, site_app
 from fedseg.types import Model, Weights
+
+if TYPE_CHECKING:
+    from fedseg.training.trainer import SiteTrainer
 
 ProgressFactory = Callable[[str], object]
 """``progress(arm)`` -> a context manager that is a RoundObserver."""
@@ -71,18 +75,22 @@ class ArmRunner:
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
         epochs, local_norm = self.experiment.federation.fine_tune_epochs, self.experiment.plan.get("local_norm") is True
         for site in list(self.datasets) if epochs or local_norm else []:
-            tuned = []
-            for fold, (weights, apps) in enumerate(members):
-                name = f"FL_local_{site}" + (f"_fold{fold}" if folds > 1 else "")
-                saved = self._saved(name)
-                if saved is None:
-                    trainer = apps[site].trainer
-                    local = trainer.local_norm.own(weights) if local_norm else weights  # FedBN: its own norm
-                    seed = stable_seed(self.experiment.seed, "fine_tune", site, fold)
-                    saved = self._save(name, trainer.fine_tune(local, epochs, seed).weights if epochs else local)
-                tuned.append(saved)
+            tuned = [self.fl_local(site, weights, apps[site].trainer, fold)
+                     for fold, (weights, apps) in enumerate(members)]
             models[f"FL_local_{site}"] = _one_or_all(tuned)
         return models
+
+    def fl_local(self, site: str, weights: Weights, trainer: SiteTrainer, fold: int = 0) -> Weights:
+        """``site``'s FL_local from fold ``fold``'s FL_global: fine-tuned by ``trainer`` (the site's
+        own, which trained in that federation) and/or given the site's own normalisation (FedBN).
+        The same code at a deployed site (``deployed_arms``) as in simulation."""
+        epochs, local_norm = self.experiment.federation.fine_tune_epochs, self.experiment.plan.get("local_norm") is True
+        name = f"FL_local_{site}" + (f"_fold{fold}" if self.experiment.federation.folds > 1 else "")
+        if (saved := self._saved(name)) is None:
+            local = trainer.local_norm.own(weights) if local_norm else weights  # FedBN: its own norm
+            seed = stable_seed(self.experiment.seed, "fine_tune", site, fold)
+            saved = self._save(name, trainer.fine_tune(local, epochs, seed).weights if epochs else local)
+        return saved
 
     def standalone(self) -> dict[str, Weights]:
         models = {}

@@ -41,6 +41,10 @@ def add_commands(commands, output: Output) -> None:
                       "(nan, random, scale:K, drop) so the coordinator's guards can be seen at work")
     site.add_argument("--max-epsilon", type=float, metavar="E", help="train only under sample-level DP, with "
                       "epsilon <= E for all runs together (this site's own privacy budget)")
+    site.add_argument("--share-models", choices=("score", "none"), default="score",
+                      help="score: this site's standalone and FL_local models may be sent, via the coordinator "
+                           "(in memory only), to the other sites to be scored on their test cases; none: they "
+                           "stay here and are scored on this site's test cases only")
     site.add_argument("--device", metavar="DEVICE", help="train on this device (cpu, cuda, cuda:N) whatever the "
                       "experiment says; default: its [training] device (auto: a GPU when there is one)")
     site.add_argument("--threads", type=int, metavar="N", help="torch threads of this site's processes (sites "
@@ -82,7 +86,7 @@ def _server(args, output: Output) -> int:
 def _site(args) -> int:
     from fedseg.consortium import run_site
 
-    return run_site(args.kit, args.data, args.share_logs, args.fault, args.max_epsilon,
+    return run_site(args.kit, args.data, args.share_logs, args.fault, args.max_epsilon, args.share_models,
                     device=args.device, threads=args.threads) or 0  # it execs: no return
 
 
@@ -111,6 +115,9 @@ def _submit(args, output: Output) -> int:
 
 
 def _status(args, output: Output) -> int:
+    import time
+
+    from fedseg.console import running_line
     from fedseg.consortium import status
 
     console = output()
@@ -120,6 +127,8 @@ def _status(args, output: Output) -> int:
         progress = job["progress"]
         where = f", round {progress['round'] + 1}/{progress['rounds']}" if "round" in progress else ""
         console.print(f"{job['job_id']}  {escape(str(job['name']))}  {job['status']}{where}")
+        if running := running_line(progress, time.time()):  # the round under way: which sites answered
+            console.print(f"    {running}", highlight=False)
         for record in progress.get("last", []):
             console.print(f"    {escape(json.dumps(record, default=str))}", highlight=False)
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedseg.deployed_arms import SHARE_CHOICES
 from fedseg.deployment import COMPONENTS, deployable, unbounded_sites
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment
@@ -36,7 +37,8 @@ def run_server(kit_dir: Path, runs: Path | None = None, announce: Callable[[str]
 
 
 def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | None = None,
-             max_epsilon: float | None = None, device: str | None = None, threads: int | None = None) -> None:
+             max_epsilon: float | None = None, share_models: str = "score", device: str | None = None,
+             threads: int | None = None) -> None:
     """Replace this process with the site. Its logs stay here unless ``share_logs``, and it trains
     only under sample-level DP within ``max_epsilon`` if given: both choices are the site
     operator's alone (nothing in a job or in the coordinator's kits can make them), as are its
@@ -51,9 +53,11 @@ def run_site(kit_dir: Path, data: Path, share_logs: bool = False, fault: str | N
         raise UserError(f"--fault: {exc}") from None
     if max_epsilon is not None and not (math.isfinite(max_epsilon) and max_epsilon > 0):
         raise UserError(f"--max-epsilon must be a finite number > 0, got {max_epsilon}")
+    if share_models not in SHARE_CHOICES:
+        raise UserError(f"--share-models must be one of {', '.join(SHARE_CHOICES)}, got {share_models!r}")
     try:
-        environment = processes.site_resources(processes.site_environment(data, fault, max_epsilon), kit.name,
-                                               device, threads)
+        environment = processes.site_resources(processes.site_environment(data, fault, max_epsilon, share_models),
+                                               kit.name, device, threads)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     processes.configure_site(kit, COMPONENTS.executor, share_logs)

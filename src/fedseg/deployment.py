@@ -9,8 +9,9 @@ of its ``[[sites]]`` entry is ignored there), scores leave a site under pseudony
 directory is written on the coordinator without the example overlays (they are pictures of
 patients' images, which stay at the sites).
 
-Only the ``federated`` arm runs in deployment, with ``folds = 1`` and no fine-tuning: standalone
-and FL_local models live at one site each, and centralized training needs pooled data.
+The ``federated`` arm runs with ``folds = 1``; ``standalone`` models and FL_local (fine-tuning,
+FedBN) are trained at each site and scored as ``deployed_arms`` says; ``centralized`` training
+needs pooled data and is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedseg.data.errors import DataError
+from fedseg.deployed_arms import SiteArms, score_site_models
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.files import safe_name, write_text_atomic
@@ -29,23 +31,28 @@ from fedseg.report.markdown import write_report
 from fedseg.runtime.flare.controller import FlareController
 from fedseg.runtime.flare.executor import FlareSiteExecutor
 from fedseg.runtime.flare.job import Components
-from fedseg.runtime.flare.processes import DEVICE_ENV, MAX_EPSILON_ENV
+from fedseg.runtime.flare.processes import DEVICE_ENV, MAX_EPSILON_ENV, SHARE_MODELS_ENV
 from fedseg.runtime.flare.provision import load_he_context
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
-from fedseg.study import initial_weights, load_site, prepare_run_dir, round_engine, site_app, write_results
+from fedseg.runtime.tracking import SiteProgress
+from fedseg.study import (initial_weights, load_site, prepare_run_dir, round_engine, site_app, track_results,
+                          write_results)
 from fedseg.tables import loads_toml
 
 
 def deployable(experiment: Experiment) -> Experiment:
     """``experiment`` if it can run in deployment, else a UserError that says what to change."""
     where = experiment.source or "experiment"
-    if tuple(experiment.arms) != ("federated",):
-        raise UserError(f"{where}: deployment runs the 'federated' arm only; set arms = [\"federated\"] "
-                        "(standalone and centralized arms need every site's data in one place: simulate them)")
-    if experiment.federation.folds != 1 or experiment.federation.fine_tune_epochs:
-        raise UserError(f"{where}: deployment does not yet run folds > 1 or fine_tune_epochs > 0; "
-                        "set [federation] folds = 1 and fine_tune_epochs = 0")
+    if "federated" not in experiment.arms or "centralized" in experiment.arms:
+        raise UserError(f"{where}: deployment runs the 'federated' arm, and 'standalone' beside it; set arms = "
+                        "[\"federated\"] or [\"federated\", \"standalone\"] (the centralized arm needs every "
+                        "site's data in one place: simulate it)")
+    if experiment.federation.folds != 1:
+        raise UserError(f"{where}: deployment does not yet run folds > 1; set [federation] folds = 1")
+    if experiment.tracking.mlflow_uri and not experiment.tracking.remote:
+        raise UserError(f"{where}: [tracking] mlflow_uri must be an MLflow server's http(s):// address in deployment "
+                        "(a file: store would be written on the coordinator's own disk)")
     if experiment.faults:
         raise UserError(f"{where}: faults are simulated only; in deployment a site injects one itself "
                         "('fedseg site KIT --data DIR --fault ...'): remove the faults table")
@@ -115,8 +122,8 @@ class Coordinator(FlareController):
         he_public = load_he_context(self.kit(), secret=False) if experiment.privacy.homomorphic else None
         engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites],
                               federation=True, he_public=he_public,
-                              secrets=self.kit() / "fedseg-state" / run_dir.root.name)  # not in the download
-        engine.on_round = lambda round, records: self.set_state("running", rounds=rounds, round=round, last=records)
+                              secrets=self.kit() / "fedseg-state" / run_dir.root.name,  # not in the download
+                              observer=SiteProgress(lambda **state: self.set_state("running", rounds=rounds, **state)))
         engine.join(set(engine.sites))
         if experiment.privacy.dp == "sample":  # said here: a site's own refusal stays in its log
             cases = {site: d["train"] for site, d in engine.declared.items()}
@@ -132,8 +139,12 @@ class Coordinator(FlareController):
         if not scores:
             raise UserError("no site returned usable test scores; the final model is in the run directory")
         membership = engine.membership(weights) if experiment.privacy.membership_attack else {}
-        write_results(run_dir, experiment, {"FL_global": scores}, started, resume, unscored, membership)
+        scores, template = {"FL_global": scores}, initial_weights(experiment)
+        arms, arms_unscored = score_site_models(engine, experiment, weights, resume, template)
+        write_results(run_dir, experiment, {**scores, **arms}, started, resume, {**unscored, **arms_unscored},
+                      membership)
         write_report(run_dir.root)
+        track_results(experiment, run_dir)  # MLflow, when the experiment names a server: the coordinator only
 
 
 class Site(FlareSiteExecutor):
@@ -153,8 +164,13 @@ class Site(FlareSiteExecutor):
             cap = float(os.environ[MAX_EPSILON_ENV])
             site_budget(parsed, site, cap, self.kit / "fedseg-state", state_dir.parent.name)
         he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
-        return site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret,
-                        device=os.environ.get(DEVICE_ENV) or None)  # fedseg site --device
+        app = site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret,
+                       device=os.environ.get(DEVICE_ENV) or None)  # fedseg site --device
+        self.arms = SiteArms(parsed, dataset, app, state_dir, os.environ.get(SHARE_MODELS_ENV) or "score")
+        return app
+
+    def arm_task(self, task: str, weights: dict, payload: object) -> object:
+        return self.arms.handle(task, weights, payload)
 
 
 COMPONENTS = Components(controller=f"{__name__}.{Coordinator.__name__}", executor=f"{__name__}.{Site.__name__}")

@@ -57,7 +57,8 @@ def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None =
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
     try:
-        placed = placed_device(device or experiment.training.device, data.name, [s.name for s in experiment.sites])
+        placed = placed_device(device or experiment.training.device, data.name, [s.name for s in experiment.sites],
+                               what="--device" if device else "training.device")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir,

@@ -42,16 +42,22 @@ class FlareSiteExecutor(Executor):
         """The site app for ``site`` on its local ``data`` folder (built by the layer above)."""
         raise NotImplementedError("the job must name fedseg.deployment's site executor")
 
+    def arm_task(self, task: str, weights: dict, payload: object) -> object:
+        """The reply to one of ``wire.ARM_TASKS`` (the site's comparison arms; built by the layer above)."""
+        raise NotImplementedError("the job must name fedseg.deployment's site executor")
+
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         site = fl_ctx.get_identity_name()
-        if task_name not in TASKS:
+        if task_name not in TASKS and task_name not in wire.ARM_TASKS:
             self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}", fire_event=False)
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
             app = self._site_app(site, fl_ctx)
             model = FLModelUtils.from_shareable(shareable)
             payload = wire.payload_from_wire(task_name, model.meta, site)
-            reply = app.handle(task_name, None if task_name == "join" else dict(model.params or {}), payload)
+            weights = None if task_name == "join" else dict(model.params or {})
+            reply = (self.arm_task(task_name, weights, payload) if task_name in wire.ARM_TASKS
+                     else app.handle(task_name, weights, payload))
             return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
         except (UserError, ValueError, KeyError, TypeError) as exc:
             # fire_event=False: the text stays in the site's log, out of FLARE's error collector

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedseg.runtime.flare.provision import Network
+from fedseg.runtime.flare.wire import ARM_TASKS
 from fedseg.runtime.site_app import TASKS
 
 
@@ -45,7 +46,7 @@ def write_job(folder: Path, name: str, experiment: str, resume: bool, min_sites:
          "args": {"experiment": experiment, "resume": resume}}]}
     client = {"format_version": 2, "components": [], "default_task_fetch_interval": network.task_poll_interval_s,
               "executors": [
-        {"tasks": list(TASKS), "executor": {"path": components.executor, "args": {
+        {"tasks": [*TASKS, *ARM_TASKS], "executor": {"path": components.executor, "args": {
             "experiment": experiment, "run_name": name}}}]}
     (Path(folder) / "meta.json").write_text(json.dumps(meta, indent=2))
     (config / "config_fed_server.json").write_text(json.dumps(server, indent=2))

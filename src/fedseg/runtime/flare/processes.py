@@ -29,6 +29,8 @@ RUNS_ENV = "FEDSEG_RUNS"
 DATA_ENV = "FEDSEG_SITE_DATA"
 """A site's data folder, handed to its job process through the environment, never over the network."""
 FAULT_ENV = "FEDSEG_SITE_FAULT"
+SHARE_MODELS_ENV = "FEDSEG_SITE_SHARE_MODELS"
+"""``fedseg site --share-models score|none``: whether the site's own models may be scored elsewhere."""
 MAX_EPSILON_ENV = "FEDSEG_SITE_MAX_EPSILON"
 """``fedseg site --max-epsilon``: the site's own DP budget over all runs (``deployment.site_budget``)."""
 """A fault the site injects on purpose (``fedseg site --fault``), for robustness tests; site-side only."""
@@ -108,8 +110,10 @@ def server_environment(kit: Kit, runs: Path | None) -> dict[str, str]:
             "NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(kit.network.dead_site_grace_s)}
 
 
-def site_environment(data: Path, fault: str | None = None, max_epsilon: float | None = None) -> dict[str, str]:
-    environment = {"MALLOC_ARENA_MAX": "2", **os.environ, DATA_ENV: str(Path(data).resolve())}
+def site_environment(data: Path, fault: str | None = None, max_epsilon: float | None = None,
+                     share_models: str = "score") -> dict[str, str]:
+    environment = {"MALLOC_ARENA_MAX": "2", **os.environ, DATA_ENV: str(Path(data).resolve()),
+                   SHARE_MODELS_ENV: share_models}
     environment.pop(FAULT_ENV, None)
     environment.pop(MAX_EPSILON_ENV, None)
     return {**environment, **({FAULT_ENV: fault} if fault else {}),

@@ -31,6 +31,10 @@ def weights_model(weights: Weights, round: int | None = None, meta: dict[str, An
     return FLModel(params_type=ParamsType.FULL, params=dict(weights), current_round=round, meta=meta or {})
 
 
+ARM_TASKS = ("arms", "share_model", "score_held")
+"""A deployed site's comparison arms (``fedseg.deployed_arms``): train them at the site, hand one
+over for scoring elsewhere (if the site allows it), score one on the site's own test cases."""
+
 PROTOCOL_TASKS = ("sa_keys", "sa_share", "sa_unmask")
 """Phases of a secure sum whose replies are tables of bytes (keys, encrypted or revealed shares)."""
 
@@ -53,8 +57,11 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
     """A site app's reply to ``task`` as an FLModel."""
     if task in PROTOCOL_TASKS:
         return FLModel(metrics={"entries": float(len(reply))}, meta={"reply": dict(reply)})
-    if task == "he_decrypt":
+    if task in ("he_decrypt", "share_model"):
         return FLModel(params_type=ParamsType.FULL, params=dict(reply))
+    if task == "arms":
+        return FLModel(metrics={"models": float(len(reply["models"]))},
+                       meta={"models": list(reply["models"]), "shared": bool(reply["shared"])})
     if task == "train":
         return FLModel(params_type=ParamsType.FULL, params=dict(reply.weights),
                        metrics={k: float(v) for k, v in reply.metrics.items()}, meta={"n_samples": reply.n_samples})
@@ -78,17 +85,24 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
         return reply
     if task == "he_decrypt":
         return _table(model.params)
-    if task == "train":
+    if task in ("train", "share_model"):  # a shared model as an Update: the audit keeps its shapes, not values
         params = model.params
         if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
             raise ValueError("the parameters must be arrays")
+        if task == "share_model":
+            return Update(weights=dict(params), n_samples=0, metrics={})
         return Update(weights=dict(params), n_samples=meta["n_samples"], metrics=_table(model.metrics))
+    if task == "arms":
+        names, shared = _list(meta["models"]), meta["shared"]
+        if not all(isinstance(n, str) for n in names) or not isinstance(shared, bool):
+            raise ValueError("an arms reply must list model names and say whether they are shared")
+        return {"models": names, "shared": shared}
     if task == "join":
         return _table(meta["declared"])
     if task == "validate":
         metrics = _table(model.metrics)
         return {} if metrics == {"no_val_cases": 1.0} else metrics
-    if task == "evaluate":
+    if task in ("evaluate", "score_held"):
         return cases_from_wire(meta["cases"])
     if task == "membership":
         return _table(model.metrics)

@@ -1,0 +1,151 @@
+"""The comparison arms of a deployed run: each site trains its own standalone and FL_local models
+with the simulation's code (``arms.ArmRunner``, in its state folder ``fedseg-state/<run>/<site>/arms``),
+so they are the simulated models bit for bit, and keeps them there.
+
+Every model is then scored on every site's test cases by the round engine's ``evaluate``, one model
+at a time: a site started with ``--share-models score`` (the default) hands a model to the
+coordinator, which checks it as any update, sends it to every site to score and forgets it (it is
+never written to the run directory); a site started with ``--share-models none`` scores its models
+on its own test cases only, and the results say why the other sites did not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedseg.arms import ArmRunner
+from fedseg.data.dataset import SiteDataset
+from fedseg.errors import UserError
+from fedseg.experiment import Experiment
+from fedseg.plans.checks import UpdateRejected, check_weights
+from fedseg.runtime.engine import RoundEngine
+from fedseg.runtime.intake import check_cases
+from fedseg.runtime.run_directory import RunDirectory
+from fedseg.runtime.site_app import SiteApp
+from fedseg.study import initial_weights
+from fedseg.types import CaseMetrics, Update, Weights
+
+SHARE_CHOICES = ("score", "none")
+"""``fedseg site --share-models``: hand models to the coordinator for scoring elsewhere, or not."""
+
+
+def site_models(experiment: Experiment, site: str) -> list[str]:
+    """The models ``site`` trains and keeps in a deployed run (none: the federated arm alone)."""
+    local = experiment.federation.fine_tune_epochs or experiment.plan.get("local_norm") is True
+    return ([f"FL_local_{site}"] if "federated" in experiment.arms and local else []) + (
+        [f"standalone_{site}"] if "standalone" in experiment.arms else [])
+
+
+class SiteArms:
+    """A deployed site's side of the arms: ``handle(task, weights, payload)`` for ``wire.ARM_TASKS``."""
+
+    def __init__(self, experiment: Experiment, data: SiteDataset, app: SiteApp, state_dir: Path, share: str):
+        if share not in SHARE_CHOICES:
+            raise UserError(f"--share-models must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
+        self.experiment, self.data, self.app, self.share = experiment, data, app, share
+        self.run_dir = RunDirectory(state_dir / "arms")  # the site's own: never sent anywhere
+
+    def handle(self, task: str, weights: dict, payload: Any) -> Any:
+        if not isinstance(payload, dict):
+            raise UpdateRejected(f"task '{task}' needs a table of instructions")
+        if task == "arms":
+            return self.train(weights, payload.get("resume"))
+        name = payload.get("model")
+        if not isinstance(name, str) or name not in site_models(self.experiment, self.app.name):
+            raise UpdateRejected(f"site '{self.app.name}' holds no model named {str(name)[:60]!r}")
+        model = self.run_dir.load_model(name)
+        if model is None:
+            raise UpdateRejected(f"site '{self.app.name}' has not trained {name} yet")
+        if task == "share_model":
+            if self.share != "score":
+                raise UpdateRejected(f"site '{self.app.name}' keeps its models (--share-models {self.share})")
+            return model
+        return self.app.handle("evaluate", model)  # score_held: checked and scored as any model
+
+    def train(self, fl_global: dict, resume: Any) -> dict[str, Any]:
+        """Train (or, resuming, reuse) this site's FL_local and standalone models from ``fl_global``."""
+        if not isinstance(resume, bool):
+            raise UpdateRejected("the arms task must say resume = true/false")
+        self.app.check_model(fl_global)
+        site, names = self.app.name, site_models(self.experiment, self.app.name)
+        self.run_dir.create()
+        runner = ArmRunner(self.experiment, {site: self.data}, self.run_dir, initial_weights(self.experiment), resume)
+        if f"FL_local_{site}" in names:
+            runner.fl_local(site, fl_global, self.app.trainer)
+        if f"standalone_{site}" in names:
+            runner.standalone()
+        return {"models": names, "shared": self.share == "score"}
+
+
+def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: Weights, resume: bool,
+                      template: Weights) -> tuple[dict[str, dict[str, list[CaseMetrics]]], dict[str, str]]:
+    """Each site trains its arms; then each of their models' per-site test scores (in the
+    simulation's order: every FL_local, then every standalone) and the reasons of missing scores."""
+    sites = [spec.name for spec in experiment.sites]
+    expected = {site: site_models(experiment, site) for site in sites}
+    held: dict[str, bool] = {}  # site -> shares its models
+    failed: dict[str, str] = {}
+
+    def trained(site: str, reply: Any) -> None:
+        if reply["models"] != expected[site]:
+            raise UpdateRejected(f"trained {reply['models']}, not the experiment's {expected[site]}")
+        held[site] = reply["shared"]
+
+    rounds, timeout = experiment.federation.rounds, engine.policy.round_timeout
+    engine.dispatcher.dispatch("arms", fl_global, {s: {"resume": resume} for s in sites if expected[s]
+                                                   and s in engine.dispatcher.available()},
+                               engine._handler("arms", trained, failed), timeout * (rounds + 1))
+    scores: dict[str, dict[str, list[CaseMetrics]]] = {}
+    unscored: dict[str, str] = {}
+    for prefix in ("FL_local", "standalone"):
+        for owner in sites:
+            name = f"{prefix}_{owner}"
+            if name not in expected[owner]:
+                continue
+            if owner not in held:
+                reason = f"{owner} did not train it: {failed.get(owner, 'offline or did not answer')}"
+                unscored.update({f"{site} ({name})": reason for site in sites})
+                continue
+            found, problems = (_shared(engine, owner, name, template) if held[owner] else
+                               _held(engine, owner, name, [s for s in sites if s != owner]))
+            unscored.update({f"{site} ({name})": reason for site, reason in problems.items()})
+            if found:
+                scores[name] = found
+    return scores, unscored
+
+
+def _ask(engine: RoundEngine, task: str, owner: str, name: str) -> tuple[Any, str | None]:
+    """One model's ``task`` sent to its owner: (reply, None) or (None, why not)."""
+    got: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    engine.dispatcher.dispatch(task, None, {owner: {"model": name}} if owner in engine.dispatcher.available() else {},
+                               engine._handler(task, got.__setitem__, failed), engine.policy.round_timeout)
+    return got.get(owner), None if owner in got else failed.get(owner, "offline or did not answer")
+
+
+def _shared(engine: RoundEngine, owner: str, name: str, template: Weights) -> tuple[dict, dict[str, str]]:
+    """The model fetched from its owner, checked, scored by every site, then dropped."""
+    reply, why = _ask(engine, "share_model", owner, name)
+    if why is not None:
+        return {}, {site: f"{owner} did not hand {name} over: {why}" for site in engine.sites}
+    try:
+        if not isinstance(reply, Update):
+            raise UpdateRejected("a shared model must be a table of parameters")
+        check_weights(reply.weights, template, f"{owner}'s {name}")
+    except UpdateRejected as exc:
+        return {}, dict.fromkeys(engine.sites, str(exc))
+    return engine.evaluate(reply.weights)
+
+
+def _held(engine: RoundEngine, owner: str, name: str, others: list[str]) -> tuple[dict, dict[str, str]]:
+    """A model its owner keeps: scored on the owner's test cases only."""
+    reason = f"{owner} keeps its models at the site (fedseg site --share-models none): scored at {owner} only"
+    problems = dict.fromkeys(others, reason)
+    reply, why = _ask(engine, "score_held", owner, name)
+    try:
+        if why is not None:
+            raise UpdateRejected(why)
+        return {owner: check_cases(reply, engine.declared.get(owner), engine.classes)}, problems
+    except UpdateRejected as exc:
+        return {}, {**problems, owner: str(exc)}

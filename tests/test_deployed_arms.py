@@ -1,0 +1,136 @@
+"""The comparison arms in deployment without processes: what ``deployable`` admits, and a site's
+checks of the coordinator's arm tasks (hostile input: only ``UpdateRejected`` or a reply comes out).
+The deployed runs themselves are in test_deployment.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from fedseg.deployed_arms import SiteArms, site_models
+from fedseg.deployment import deployable
+from fedseg.errors import UserError
+from fedseg.experiment import parse_experiment
+from fedseg.plans.checks import UpdateRejected
+from fedseg.runtime.flare import wire
+from fedseg.types import Update
+from tiny_experiment import tiny_experiment
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("arms-data")
+
+
+def experiment(root: Path, **sections):
+    return parse_experiment(tiny_experiment(root, n_cases=5, **sections))
+
+
+def test_standalone_and_fine_tuning_are_deployable(data_root):
+    both = experiment(data_root, arms=["federated", "standalone"], federation={"fine_tune_epochs": 1})
+    assert deployable(both) is both
+    assert site_models(both, "hospital_a") == ["FL_local_hospital_a", "standalone_hospital_a"]
+    assert site_models(experiment(data_root), "hospital_a") == []
+    fedbn = experiment(data_root, plan={"name": "fedavg", "local_norm": True}, model={"norm": "batch"})
+    assert site_models(fedbn, "x") == ["FL_local_x"]  # FL_global with the site's own normalisation
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"arms": ["federated", "centralized"]}, "centralized arm needs every site's data in one place"),
+    ({"arms": ["standalone"]}, "runs the 'federated' arm"),
+    ({"federation": {"folds": 2}}, "folds = 1"),
+])
+def test_what_deployment_cannot_run_is_refused_with_what_to_set(data_root, sections, message):
+    with pytest.raises(UserError, match=message):
+        deployable(experiment(data_root, **sections))
+
+
+def reject_model(weights) -> None:
+    raise UpdateRejected("global model: parameter names differ")  # as SiteApp.check_model does with these
+
+
+@pytest.fixture
+def kept(data_root, tmp_path) -> SiteArms:
+    """hospital_a's arms with one trained standalone model in its state folder (the model's values
+    do not matter to the checks)."""
+    app = SimpleNamespace(name="hospital_a", check_model=reject_model)
+    arms = SiteArms(experiment(data_root, arms=["federated", "standalone"]), None, app, tmp_path / "state", "none")
+    arms.run_dir.create()
+    arms.run_dir.save_model("standalone_hospital_a", {"w": np.ones((2, 2), np.float32)})
+    return arms
+
+
+def test_a_site_that_keeps_its_models_refuses_to_hand_them_over(kept):
+    with pytest.raises(UpdateRejected, match="keeps its models"):
+        kept.handle("share_model", {}, {"model": "standalone_hospital_a"})
+    kept.share = "score"
+    np.testing.assert_array_equal(kept.handle("share_model", {}, {"model": "standalone_hospital_a"})["w"], 1.0)
+
+
+@pytest.mark.parametrize("task, payload, message", [
+    ("score_held", None, "table of instructions"),
+    ("score_held", {"model": "FL_global"}, "holds no model named 'FL_global'"),
+    ("share_model", {"model": "../../etc/passwd"}, "holds no model"),
+    ("score_held", {"model": ["standalone_hospital_a"]}, "holds no model"),
+    ("arms", {"resume": "yes"}, "resume = true/false"),
+    ("arms", {"resume": False}, "parameter names differ"),
+])
+def test_a_site_refuses_arm_tasks_it_cannot_carry_out(kept, task, payload, message):
+    with pytest.raises(UpdateRejected, match=message):
+        kept.handle(task, {}, payload)
+
+
+def test_a_model_not_trained_yet_is_named(kept):
+    kept.run_dir.checkpoints.joinpath("standalone_hospital_a.pt").unlink()
+    with pytest.raises(UpdateRejected, match="has not trained standalone_hospital_a yet"):
+        kept.handle("share_model", {}, {"model": "standalone_hospital_a"})
+
+
+def test_an_unknown_share_setting_is_refused(data_root, tmp_path):
+    with pytest.raises(UserError, match="--share-models must be one of score, none"):
+        SiteArms(experiment(data_root), None, SimpleNamespace(name="a"), tmp_path, "all")
+
+
+json_like = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                     max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(task=st.sampled_from(wire.ARM_TASKS), payload=json_like)
+def test_any_payload_is_answered_or_rejected_with_a_reason(kept, task, payload):
+    try:
+        kept.handle(task, {}, payload)
+    except UpdateRejected as exc:
+        assert str(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(meta=st.dictionaries(st.sampled_from(["models", "shared", "cases", "x"]), json_like, max_size=3),
+       params=st.none() | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+def test_a_sites_arm_replies_decode_or_fail_cleanly(meta, params):
+    """The coordinator's decoding of ``arms``/``share_model``/``score_held`` replies: a value, or the
+    errors the dispatcher turns into a rejected reply."""
+    for task in wire.ARM_TASKS:
+        try:
+            reply = wire.reply_from_wire(task, FLModel(params=params, meta=meta, metrics={"n": 1.0}))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if task == "arms":
+            assert all(isinstance(n, str) for n in reply["models"]) and isinstance(reply["shared"], bool)
+        if task == "share_model":
+            assert isinstance(reply, Update) and reply.n_samples == 0
+
+
+def test_arm_replies_survive_the_wire():
+    weights = {"w": np.arange(4, dtype=np.float32)}
+    shared = wire.reply_from_wire("share_model", wire.reply_to_wire("share_model", weights))
+    np.testing.assert_array_equal(shared.weights["w"], weights["w"])
+    arms = {"models": ["FL_local_a", "standalone_a"], "shared": False}
+    assert wire.reply_from_wire("arms", wire.reply_to_wire("arms", arms)) == arms
