@@ -188,3 +188,9 @@ def test_status_shows_which_sites_of_the_running_round_have_answered():
     assert running_line(published[1], started + 42) == "round 1 running for 42 s: a trained, b training"
     assert running_line(published[2], started) is None
     assert running_line({"current": {"round": "x", "sites": {"[b]a": "t"}}}, 0) == "round ? running: \\[b]a t"
+
+
+def test_a_curve_that_ran_elsewhere_is_replayed_round_by_round(tmp_path):
+    curve = [{"round": 1, "site": "a", "train_loss": 0.25}, {"round": 0, "site": "a", "train_loss": 0.5}]
+    Tracked(None, TrackingConfig(), "exp", {}, tmp_path / "arms" / "standalone_a", 2).replay(curve)
+    assert scalars(tmp_path / "tensorboard" / "standalone_a")["site/a/train_loss"] == [(1, 0.5), (2, 0.25)]

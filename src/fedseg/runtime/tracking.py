@@ -182,6 +182,12 @@ class Tracked:
         if self.mlflow:
             self.mlflow.round(self.arm, round + 1, scalars)
 
+    def replay(self, records: list[dict]) -> None:
+        """Rounds that ran elsewhere (a deployed site's standalone model, whose curve came back
+        after it trained), as if each had just finished."""
+        for round in sorted({r["round"] for r in records if isinstance(r.get("round"), int)}):
+            self.round_finished(round, [r for r in records if r.get("round") == round])
+
 
 class SiteProgress:
     """A deployed run's round observer for 'fedseg status': ``publish(**state)`` gets the last
