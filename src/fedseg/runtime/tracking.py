@@ -73,7 +73,10 @@ def check_uri(uri: str) -> None:
     if len(uri) > MAX_URI or not uri.isprintable() or any(c.isspace() for c in uri):
         raise ValueError(f"mlflow_uri must be a URI of at most {MAX_URI} printable characters without spaces, "
                          f"got {uri!r:.80}")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise ValueError(f"mlflow_uri {uri!r:.80} is not a URI ({exc})") from None
     if parts.scheme not in ("http", "https", "file"):
         raise ValueError(f"mlflow_uri must be an MLflow server's http:// or https:// address or a file: store, "
                          f"e.g. mlflow_uri = \"http://127.0.0.1:5000\", got {uri!r:.80}")
