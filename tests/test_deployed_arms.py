@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from fedseg.deployed_arms import SiteArms, site_models
+from fedseg.deployed_arms import CURVE_METRICS, SiteArms, check_curve, site_models
 from fedseg.deployment import deployable
 from fedseg.errors import UserError
 from fedseg.experiment import parse_experiment
@@ -132,5 +132,51 @@ def test_arm_replies_survive_the_wire():
     weights = {"w": np.arange(4, dtype=np.float32)}
     shared = wire.reply_from_wire("share_model", wire.reply_to_wire("share_model", weights))
     np.testing.assert_array_equal(shared.weights["w"], weights["w"])
-    arms = {"models": ["FL_local_a", "standalone_a"], "shared": False}
+    arms = {"models": ["FL_local_a", "standalone_a"], "shared": False,
+            "curves": {"standalone_a": [{"round": 0, "train_loss": 0.5, "val_dice": 0.25}]}}
     assert wire.reply_from_wire("arms", wire.reply_to_wire("arms", arms)) == arms
+
+
+def test_a_learning_curve_becomes_the_sites_metrics_records():
+    points = [{"round": 0, "train_loss": 1.5, "val_dice": 0.2}, {"round": 1, "train_loss": 0.9}]
+    assert check_curve(points, "hospital_a", 2) == [{**p, "site": "hospital_a"} for p in points]
+
+
+@pytest.mark.parametrize("points, message", [
+    ([{"round": 0}, {"round": 0}], "distinct"),
+    ([{"round": 2}], "in 0..1"),
+    ([{"round": True}], "distinct and in"),
+    ([{"round": 0}] * 3, "at most 2 rounds"),
+    ([{"round": 0, "val_dice": 1.5}], "val_dice must be a number in"),
+    ([{"round": 0, "train_loss": float("nan")}], "train_loss"),
+    ([{"round": 0, "case": "patient-7"}], "round and train_loss"),  # nothing else leaves the site
+    ({"round": 0}, "a list"),
+])
+def test_a_hostile_learning_curve_is_refused(points, message):
+    with pytest.raises(UpdateRejected, match=message):
+        check_curve(points, "hospital_a", 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(points=json_like)
+def test_any_learning_curve_is_checked_or_refused(points):
+    try:
+        checked = check_curve(points, "s", 3)
+    except UpdateRejected:
+        return
+    for point in checked:
+        assert set(point) <= {"round", "site", *CURVE_METRICS} and 0 <= point["round"] < 3
+
+
+def test_the_share_setting_reaches_the_site_process_and_only_the_operator_sets_it(tmp_path, monkeypatch):
+    from consortium_harness import write_project
+    from fedseg.consortium import run_site
+    from fedseg.runtime.flare.processes import SHARE_MODELS_ENV, site_environment
+    from fedseg.runtime.flare.provision import load_project, provision
+
+    monkeypatch.setenv(SHARE_MODELS_ENV, "none")  # left over in the operator's shell: not this start's choice
+    assert site_environment(tmp_path)[SHARE_MODELS_ENV] == "score"
+    assert site_environment(tmp_path, share_models="none")[SHARE_MODELS_ENV] == "none"
+    kits = provision(load_project(write_project(tmp_path / "p.toml", "p", ["hospital_a"], [1, 2])), tmp_path / "kits")
+    with pytest.raises(UserError, match="--share-models must be one of score, none"):
+        run_site(kits["hospital_a"], tmp_path, share_models="some")

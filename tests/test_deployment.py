@@ -20,6 +20,7 @@ import tomli_w
 
 from consortium_harness import Consortium
 from fedseg.consortium import follow, submit
+from fedseg.deployed_arms import CURVE_METRICS
 from fedseg.errors import UserError
 from fedseg.experiment import load_experiment
 from fedseg.runtime.flare import admin
@@ -124,6 +125,15 @@ def test_arms_that_need_pooled_data_are_refused_before_submission(experiment_fil
 
     with pytest.raises(UserError, match="federated"):
         deployable(load_experiment(experiment_file("arms", arms=["federated", "centralized"])))
+
+
+def test_a_deployed_run_logs_to_an_mlflow_server_not_to_files_on_the_coordinator(experiment_file, workspace):
+    from fedseg.deployment import deployable
+
+    with pytest.raises(UserError, match="http"):
+        deployable(load_experiment(experiment_file("mlflow_file", tracking={"mlflow_uri": "file:///tmp/mlruns"})))
+    served = load_experiment(experiment_file("mlflow_http", tracking={"mlflow_uri": "https://mlflow.example:5000"}))
+    assert deployable(served) is served
 
 
 # -- a running consortium -------------------------------------------------------------------------
@@ -386,9 +396,15 @@ def test_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(
             at_site, in_simulation = kept.load_model(name), RunDirectory(simulated).load_model(name)
             for key in in_simulation:
                 np.testing.assert_allclose(at_site[key], in_simulation[key], rtol=0, atol=tolerance, err_msg=name)
-    downloaded = {p.name for p in deployed.rglob("*")}
-    assert not any(name.startswith(("standalone_", "FL_local_")) for name in downloaded), downloaded
-    assert "arms" not in downloaded  # no arm's run directory on the coordinator either
+    downloaded = {p.relative_to(deployed).as_posix() for p in deployed.rglob("*") if p.is_file()}
+    assert not any(name.endswith(".pt") and "/global_round_" not in name and not name.endswith("FL_global.pt")
+                   for name in downloaded), downloaded  # no arm's model, no arm's checkpoint
+    for site in consortium.sites:  # each standalone model's learning curve came back: scalars per round
+        curve_d = RunDirectory(deployed / "arms" / f"standalone_{site}").read_metrics()
+        curve_s = RunDirectory(simulated / "arms" / f"standalone_{site}").read_metrics()
+        assert [(r["round"], r["site"]) for r in curve_d] == [(r["round"], r["site"]) for r in curve_s] != []
+        for d, s in zip(curve_d, curve_s):
+            assert d == {"round": d["round"], "site": site, **{k: s[k] for k in CURVE_METRICS if k in s}}
     received = [json.loads(line) for line in (deployed / "received.jsonl").read_text().splitlines()]
     shared = [line for line in received if line["task"] == "share_model"]
     assert len(shared) == 2 * len(consortium.sites) and all(line["verdict"] == "accepted" for line in shared)
@@ -409,7 +425,8 @@ def test_a_site_that_keeps_its_models_has_them_scored_on_its_own_cases_only(cons
     assert rows["standalone_hospital_c"]["hospital_c"]["n"] > 0
     assert rows["standalone_hospital_c"]["hospital_a"]["n"] == rows["standalone_hospital_c"]["hospital_b"]["n"] == 0
     assert all(cell["n"] > 0 for cell in rows["standalone_hospital_a"].values())
-    assert set(results["unscored_sites"]) == {f"{site} (standalone_hospital_c)" for site in ("hospital_a", "hospital_b")}
+    assert set(results["unscored_sites"]) == {f"{site} (standalone_hospital_c)" for site in ("hospital_a",
+                                                                                              "hospital_b")}
     assert all("--share-models none" in reason for reason in results["unscored_sites"].values())
     assert "--share-models none" in (workspace / "arms-kept-deployed" / "report.md").read_text()
     received = [json.loads(line) for line in (workspace / "arms-kept-deployed" / "received.jsonl").read_text()

@@ -11,6 +11,7 @@ on its own test cases only, and the results say why the other sites did not.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from fedseg.types import CaseMetrics, Update, Weights
 
 SHARE_CHOICES = ("score", "none")
 """``fedseg site --share-models``: hand models to the coordinator for scoring elsewhere, or not."""
+CURVE_METRICS = {"train_loss": (0.0, math.inf), "val_dice": (0.0, 1.0), "global_val_dice": (0.0, 1.0)}
+"""All of a standalone model's training record that leaves its site: these scalars per round, with
+their ranges (the report's learning curves, written to ``arms/<model>/metrics.jsonl`` as in simulation)."""
 
 
 def site_models(experiment: Experiment, site: str) -> list[str]:
@@ -73,9 +77,14 @@ class SiteArms:
         runner = ArmRunner(self.experiment, {site: self.data}, self.run_dir, initial_weights(self.experiment), resume)
         if f"FL_local_{site}" in names:
             runner.fl_local(site, fl_global, self.app.trainer)
+        curves = {}
         if f"standalone_{site}" in names:
             runner.standalone()
-        return {"models": names, "shared": self.share == "score"}
+            records = RunDirectory(self.run_dir.root / "arms" / f"standalone_{site}").read_metrics()
+            curves[f"standalone_{site}"] = [{"round": r["round"], **{k: float(r[k]) for k in CURVE_METRICS
+                                                                     if math.isfinite(r.get(k, math.nan))}}
+                                            for r in records if "rejected" not in r]
+        return {"models": names, "shared": self.share == "score", "curves": curves}
 
 
 def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: Weights, resume: bool,
@@ -87,12 +96,21 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
     held: dict[str, bool] = {}  # site -> shares its models
     failed: dict[str, str] = {}
 
+    rounds, timeout = experiment.federation.rounds, engine.policy.round_timeout
+
     def trained(site: str, reply: Any) -> None:
         if reply["models"] != expected[site]:
             raise UpdateRejected(f"trained {reply['models']}, not the experiment's {expected[site]}")
+        if not set(reply["curves"]) <= {name for name in expected[site] if name.startswith("standalone_")}:
+            raise UpdateRejected(f"learning curves of models it does not train: {sorted(reply['curves'])[:5]}")
+        curves = {name: check_curve(points, site, rounds) for name, points in reply["curves"].items()}
         held[site] = reply["shared"]
+        for name, points in curves.items():  # the curves only: the model stays at the site
+            arm = RunDirectory(engine.run_dir.root / "arms" / name)
+            arm.root.mkdir(parents=True, exist_ok=True)
+            arm.metrics_path.unlink(missing_ok=True)  # a resumed run sends the whole curve again
+            arm.append_metrics(points)
 
-    rounds, timeout = experiment.federation.rounds, engine.policy.round_timeout
     engine.dispatcher.dispatch("arms", fl_global, {s: {"resume": resume} for s in sites if expected[s]
                                                    and s in engine.dispatcher.available()},
                                engine._handler("arms", trained, failed), timeout * (rounds + 1))
@@ -113,6 +131,26 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
             if found:
                 scores[name] = found
     return scores, unscored
+
+
+def check_curve(points: Any, site: str, rounds: int) -> list[dict[str, Any]]:
+    """A standalone model's learning curve from ``site``: at most one point per round, each round in
+    range, only ``CURVE_METRICS`` and in their ranges; the points as metrics records of ``site``."""
+    if not isinstance(points, list) or len(points) > rounds:
+        raise UpdateRejected(f"a learning curve must be a list of at most {rounds} rounds")
+    seen: set[int] = set()
+    for point in points:
+        if not isinstance(point, dict) or not set(point) <= {"round", *CURVE_METRICS}:
+            raise UpdateRejected(f"a learning curve's point may hold round and {', '.join(CURVE_METRICS)} only")
+        round = point.get("round")
+        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < rounds or round in seen:
+            raise UpdateRejected(f"a learning curve's round must be distinct and in 0..{rounds - 1}, got {round!r}")
+        seen.add(round)
+        for key, (low, high) in CURVE_METRICS.items():
+            value = point.get(key, low)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise UpdateRejected(f"learning curve: {key} must be a number in [{low}, {high}], got {value!r}")
+    return [{**point, "site": site} for point in points]
 
 
 def _ask(engine: RoundEngine, task: str, owner: str, name: str) -> tuple[Any, str | None]:

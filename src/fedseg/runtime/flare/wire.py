@@ -61,7 +61,8 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
         return FLModel(params_type=ParamsType.FULL, params=dict(reply))
     if task == "arms":
         return FLModel(metrics={"models": float(len(reply["models"]))},
-                       meta={"models": list(reply["models"]), "shared": bool(reply["shared"])})
+                       meta={"models": list(reply["models"]), "shared": bool(reply["shared"]),
+                             "curves": dict(reply.get("curves", {}))})
     if task == "train":
         return FLModel(params_type=ParamsType.FULL, params=dict(reply.weights),
                        metrics={k: float(v) for k, v in reply.metrics.items()}, meta={"n_samples": reply.n_samples})
@@ -96,7 +97,7 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
         names, shared = _list(meta["models"]), meta["shared"]
         if not all(isinstance(n, str) for n in names) or not isinstance(shared, bool):
             raise ValueError("an arms reply must list model names and say whether they are shared")
-        return {"models": names, "shared": shared}
+        return {"models": names, "shared": shared, "curves": _table(meta.get("curves", {}))}
     if task == "join":
         return _table(meta["declared"])
     if task == "validate":
