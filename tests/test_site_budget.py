@@ -10,8 +10,8 @@ from fedseg.errors import UserError
 from fedseg.experiment import parse_experiment
 
 
-def experiment(tmp_path, **privacy):
-    return parse_experiment(tiny_experiment(tmp_path, rounds=1, privacy=privacy))
+def experiment(tmp_path, arms=("federated",), **privacy):
+    return parse_experiment(tiny_experiment(tmp_path, rounds=1, privacy=privacy, arms=list(arms)))
 
 
 def test_a_job_without_sample_level_dp_or_over_the_cap_is_refused(tmp_path):
@@ -30,6 +30,18 @@ def test_runs_add_up_and_a_resumed_run_counts_once(tmp_path):
     with pytest.raises(UserError, match="lower \\[privacy\\] epsilon to at most 3"):
         site_budget(five, "hospital_a", 8.0, state, "renamed")
     site_budget(experiment(tmp_path, dp="sample", epsilon=3.0), "hospital_a", 8.0, state, "renamed")
+
+
+def test_a_standalone_arm_spends_the_budget_twice(tmp_path):
+    """The site trains two models of the same cases (federated and standalone), each to epsilon."""
+    state = tmp_path / "state"
+    both = experiment(tmp_path, ("federated", "standalone"), dp="sample", epsilon=5.0)
+    with pytest.raises(UserError, match="twice: its federated and its standalone model.*at most 4"):
+        site_budget(both, "hospital_a", 8.0, state, "arms")
+    site_budget(experiment(tmp_path, ("federated", "standalone"), dp="sample", epsilon=4.0), "hospital_a", 8.0,
+                state, "arms")
+    with pytest.raises(UserError, match="at most 0"):
+        site_budget(experiment(tmp_path, dp="sample", epsilon=0.5), "hospital_a", 8.0, state, "next")
 
 
 def test_a_damaged_record_is_an_error_not_a_fresh_budget(tmp_path):

@@ -73,9 +73,10 @@ def parse_text(text: str) -> Experiment:
 
 
 def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run: str) -> None:
-    """A site started with ``--max-epsilon`` trains a run only under sample-level DP whose epsilon,
-    added to what its other runs were allowed (basic composition, kept in ``state/dp_runs.json``;
-    a resumed run counts once), stays within ``cap``; else a UserError in the site's log."""
+    """A site started with ``--max-epsilon`` trains a run only under sample-level DP whose epsilon
+    (twice with a standalone arm: two models of the same cases), added to what its other runs were
+    allowed (basic composition, kept in ``state/dp_runs.json``; a resumed run counts once), stays
+    within ``cap``; else a UserError in the site's log."""
     privacy, record = experiment.privacy, state / "dp_runs.json"
     if privacy.dp != "sample":
         raise UserError(f"site '{site}' trains only under sample-level DP (it was started with --max-epsilon "
@@ -87,12 +88,14 @@ def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run:
         raise UserError(f"{record} is damaged: this site's record of the budgets its runs were allowed; restore "
                         "it (deleting it forgets what earlier runs spent)") from None
     others = sum(value for name, value in runs.items() if name != run)
-    if others + privacy.epsilon > cap + 1e-9:
-        raise UserError(f"site '{site}': epsilon {privacy.epsilon:g} for run '{run}' and {others:g} for its other "
-                        f"runs exceed this site's --max-epsilon {cap:g}: lower [privacy] epsilon to at most "
-                        f"{max(cap - others, 0):g}")
+    models = 2 if "standalone" in experiment.arms else 1  # a standalone model: a second release of the cases
+    if others + models * privacy.epsilon > cap + 1e-9:
+        raise UserError(f"site '{site}': epsilon {privacy.epsilon:g} for run '{run}'"
+                        f"{' (twice: its federated and its standalone model)' if models > 1 else ''} and {others:g} "
+                        f"for its other runs exceed this site's --max-epsilon {cap:g}: lower [privacy] epsilon to at "
+                        f"most {max(cap - others, 0) / models:g}")
     state.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record, json.dumps({**runs, run: privacy.epsilon}, indent=2) + "\n")
+    write_text_atomic(record, json.dumps({**runs, run: models * privacy.epsilon}, indent=2) + "\n")
 
 
 class Coordinator(FlareController):
