@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from consortium_harness import Consortium
 from fedseg.consortium import follow, submit
@@ -198,8 +199,6 @@ def test_status_lists_sites_and_jobs(fedavg_run, consortium):
 
 @pytest.mark.slow
 def test_a_deployed_run_writes_the_tensorboard_files_of_its_simulation(fedavg_run, workspace):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     def scalars(run):
         events = EventAccumulator(str(run / "tensorboard" / "FL_global"))
         events.Reload()
@@ -402,6 +401,9 @@ def test_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(
     for site in consortium.sites:  # each standalone model's learning curve came back: scalars per round
         curve_d = RunDirectory(deployed / "arms" / f"standalone_{site}").read_metrics()
         curve_s = RunDirectory(simulated / "arms" / f"standalone_{site}").read_metrics()
+        board = EventAccumulator(str(deployed / "tensorboard" / f"standalone_{site}"))  # its curve in TensorBoard
+        board.Reload()
+        assert [e.step for e in board.Scalars(f"site/{site}/train_loss")] == [r["round"] + 1 for r in curve_s]
         assert [(r["round"], r["site"]) for r in curve_d] == [(r["round"], r["site"]) for r in curve_s] != []
         for d, s in zip(curve_d, curve_s):
             assert d == {"round": d["round"], "site": site, **{k: s[k] for k in CURVE_METRICS if k in s}}

@@ -24,6 +24,7 @@ from fedseg.runtime.engine import RoundEngine
 from fedseg.runtime.intake import check_cases
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
+from fedseg.runtime.tracking import Tracked
 from fedseg.study import initial_weights
 from fedseg.types import CaseMetrics, Update, Weights
 
@@ -110,6 +111,7 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
             arm.root.mkdir(parents=True, exist_ok=True)
             arm.metrics_path.unlink(missing_ok=True)  # a resumed run sends the whole curve again
             arm.append_metrics(points)
+            Tracked(None, experiment.tracking, experiment.name, experiment.to_dict(), arm.root, rounds).replay(points)
 
     engine.dispatcher.dispatch("arms", fl_global, {s: {"resume": resume} for s in sites if expected[s]
                                                    and s in engine.dispatcher.available()},
