@@ -85,6 +85,20 @@ def assert_same_run(deployed: Path, simulated: Path) -> None:
     assert results_d["overall"]["n_cases"] == results_s["overall"]["n_cases"] > 0
 
 
+def assert_same_matrix(deployed: Path, simulated: Path, models: list[str]) -> None:
+    """Every model scored on every site's test cases, with the simulation's cells and paired tests."""
+    results_d, results_s = (json.loads((run / "results.json").read_text()) for run in (deployed, simulated))
+    assert results_d["models"] == results_s["models"] == models
+    assert results_d["unscored_sites"] == {}
+    for model, row in results_s["matrix"]["rows"].items():
+        for column, cell in row.items():
+            assert results_d["matrix"]["rows"][model][column]["n"] == cell["n"] > 0
+            assert results_d["matrix"]["rows"][model][column]["mean"] == pytest.approx(cell["mean"], abs=1e-6)
+    assert len(results_d["comparisons"]) == len(results_s["comparisons"]) > 0
+    for d, s in zip(results_d["comparisons"], results_s["comparisons"]):
+        assert d == {k: pytest.approx(v, abs=1e-6) if isinstance(v, float) else v for k, v in s.items()}
+
+
 # -- no processes ---------------------------------------------------------------------------------
 
 
@@ -243,6 +257,9 @@ def test_plans_against_site_drift_in_deployment_equal_simulation(consortium, exp
     assert ended["state"] == "finished", ended
     run_simulation(load_experiment(experiment), workspace / "drift-simulated")
     assert_same_run(workspace / "drift-deployed", workspace / "drift-simulated")
+    # FedBN's FL_local: FL_global with each site's own normalisation, made at the site and scored everywhere
+    assert_same_matrix(workspace / "drift-deployed", workspace / "drift-simulated",
+                       ["FL_global", *(f"FL_local_{site}" for site in consortium.sites)])
     received = [json.loads(line) for line in (workspace / "drift-deployed" / "received.jsonl").read_text().splitlines()]
     trained = [line for line in received if line["task"] == "train"]
     assert len(trained) == 2 * len(consortium.sites)
@@ -378,17 +395,8 @@ def test_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(
     run_simulation(load_experiment(experiment), workspace / "arms-simulated")
     deployed, simulated = workspace / "arms-deployed", workspace / "arms-simulated"
     assert_same_run(deployed, simulated)
-    results_d, results_s = (json.loads((run / "results.json").read_text()) for run in (deployed, simulated))
-    assert results_d["models"] == results_s["models"] == ["FL_global", *(f"FL_local_{s}" for s in consortium.sites),
-                                                          *(f"standalone_{s}" for s in consortium.sites)]
-    assert results_d["unscored_sites"] == {}
-    for model, row in results_s["matrix"]["rows"].items():
-        for column, cell in row.items():
-            assert results_d["matrix"]["rows"][model][column]["n"] == cell["n"] > 0
-            assert results_d["matrix"]["rows"][model][column]["mean"] == pytest.approx(cell["mean"], abs=1e-6)
-    assert len(results_d["comparisons"]) == len(results_s["comparisons"]) > 0
-    for d, s in zip(results_d["comparisons"], results_s["comparisons"]):
-        assert d == {k: pytest.approx(v, abs=1e-6) if isinstance(v, float) else v for k, v in s.items()}
+    assert_same_matrix(deployed, simulated, ["FL_global", *(f"FL_local_{s}" for s in consortium.sites),
+                                             *(f"standalone_{s}" for s in consortium.sites)])
     for site in consortium.sites:
         kept = RunDirectory(consortium.kits[site] / "fedseg-state" / "arms" / site / "arms")
         for name, tolerance in ((f"standalone_{site}", 0.0), (f"FL_local_{site}", WEIGHT_TOLERANCE)):
