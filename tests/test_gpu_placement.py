@@ -215,3 +215,21 @@ def test_a_deployed_site_trains_where_its_operator_said(tmp_path, monkeypatch, g
         site.make_site_app(spec.name, spec.path, tmp_path / "state", None)
     monkeypatch.setenv(DEVICE_ENV, "cpu")
     assert site.make_site_app(spec.name, spec.path, tmp_path / "state", None).trainer.device == torch.device("cpu")
+
+
+def test_a_run_saved_on_one_device_resumes_on_another_but_not_with_other_training(tmp_path):
+    """Where a run trains is the machine's business: a run saved with device = "cpu" (or before
+    "auto" was the default) goes on with "auto"; any other training setting is another experiment."""
+    from fedseg.errors import UserError
+    from fedseg.runtime.run_directory import RunDirectory
+    from fedseg.study import prepare_run_dir
+    from tiny_experiment import tiny_experiment
+
+    def experiment(**training):
+        return parse_experiment(tiny_experiment(tmp_path, training=training))
+
+    run_dir = RunDirectory(tmp_path / "run")
+    prepare_run_dir(run_dir, experiment(device="cpu"), resume=False)
+    prepare_run_dir(run_dir, experiment(device="auto"), resume=True)
+    with pytest.raises(UserError, match="differs from the experiment given"):
+        prepare_run_dir(run_dir, experiment(device="auto", lr=0.5), resume=True)

@@ -122,16 +122,20 @@ def prepare_run_dir(run_dir: RunDirectory, experiment: Experiment, resume: bool,
             raise UserError(f"{saved} is damaged ({exc}); it cannot be compared with the experiment given: "
                             "restore it from your experiment file (the same file continues the run) "
                             "or start a new run with another --out") from None
-        if _watched_aside(previous) != _watched_aside(experiment):
+        if run_identity(previous) != run_identity(experiment):
             raise UserError(f"{saved} differs from the experiment given; --resume continues the same "
                             "experiment only: use the same file, or another --out for a new run")
     run_dir.create()
     saved.write_text(experiment.to_toml())
 
 
-def _watched_aside(experiment: Experiment) -> dict[str, Any]:
-    """The experiment without ``[tracking]``: how a run is watched may change when it is resumed."""
-    return {key: value for key, value in experiment.to_dict().items() if key != "tracking"}
+def run_identity(experiment: Experiment) -> dict[str, Any]:
+    """What ``--resume`` compares: the experiment without ``[tracking]`` (how a run is watched) and
+    ``[training] device`` (where it runs: a run may go on on another machine, or one saved before
+    ``auto`` was the default; on another device it differs in the last bits)."""
+    data = {key: value for key, value in experiment.to_dict().items() if key != "tracking"}
+    data["training"] = {key: value for key, value in data["training"].items() if key != "device"}
+    return data
 
 
 def track_results(experiment: Experiment, run_dir: RunDirectory) -> None:

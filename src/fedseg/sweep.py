@@ -30,6 +30,7 @@ from fedseg.errors import UserError, printable
 from fedseg.experiment import Experiment, parse_experiment
 from fedseg.files import write_text_atomic
 from fedseg.simulate import run_simulation
+from fedseg.study import run_identity
 from fedseg.sweep_report import BASELINE, settings_text, write_sweep
 from fedseg.tables import ConfigError, check_numbers, key_path, read_toml
 
@@ -198,7 +199,8 @@ def _finished(run_dir: Path, experiment: Experiment, name: str) -> bool:
         return False
     saved = run_dir / "experiment.toml"
     try:
-        same = parse_experiment(read_toml(saved, "saved experiment"), source=saved).to_dict() == experiment.to_dict()
+        same = run_identity(parse_experiment(read_toml(saved, "saved experiment"), source=saved)) == run_identity(
+            experiment)
     except UserError:
         same = False
     if not same:
