@@ -150,7 +150,8 @@ def check_curve(points: Any, site: str, rounds: int) -> list[dict[str, Any]]:
         seen.add(round)
         for key, (low, high) in CURVE_METRICS.items():
             value = point.get(key, low)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf \
+                    or value > high:
                 raise UpdateRejected(f"learning curve: {key} must be a number in [{low}, {high}], got {value!r}")
     return [{**point, "site": site} for point in points]
 
