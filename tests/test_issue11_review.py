@@ -33,3 +33,23 @@ def test_an_accepted_curve_holds_only_finite_values_in_range(points):
         assert math.isfinite(point.get("train_loss", 0.0)) and point.get("train_loss", 0.0) >= 0
         assert 0.0 <= point.get("val_dice", 0.0) <= 1.0
         assert point["site"] == "site-a"
+
+
+def test_a_site_never_contacts_the_jobs_mlflow_server(tmp_path):
+    # the site trains its standalone arm with the simulation's round engine, whose observer logs to
+    # the experiment's [tracking] mlflow_uri: a job must not make a hospital's site process connect
+    # to a server it names (MLflow is the coordinator's alone); TensorBoard stays on the site's disk
+    from types import SimpleNamespace
+
+    from fedseg.deployed_arms import SiteArms
+    from fedseg.experiment import parse_experiment
+    from fedseg.study import run_identity
+    from tiny_experiment import tiny_experiment
+
+    given = parse_experiment(tiny_experiment(tmp_path, n_cases=5, arms=["federated", "standalone"],
+                                             tracking={"mlflow_uri": "http://127.0.0.1:9"}))
+    assert given.tracking.mlflow_uri == "http://127.0.0.1:9"
+    arms = SiteArms(given, None, SimpleNamespace(name="hospital_a"), tmp_path / "state", "score")
+    assert arms.experiment.tracking.mlflow_uri is None
+    assert arms.experiment.tracking.tensorboard == given.tracking.tensorboard
+    assert run_identity(arms.experiment) == run_identity(given)  # the same models, bit for bit

@@ -12,6 +12,7 @@ on its own test cases only, and the results say why the other sites did not.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ class SiteArms:
     def __init__(self, experiment: Experiment, data: SiteDataset, app: SiteApp, state_dir: Path, share: str):
         if share not in SHARE_CHOICES:
             raise UserError(f"--share-models must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
+        # MLflow is the coordinator's: a job's mlflow_uri never makes the site process connect anywhere
+        experiment = replace(experiment, tracking=replace(experiment.tracking, mlflow_uri=None))
         self.experiment, self.data, self.app, self.share = experiment, data, app, share
         self.run_dir = RunDirectory(state_dir / "arms")  # the site's own: never sent anywhere
 
