@@ -53,3 +53,27 @@ def test_a_site_never_contacts_the_jobs_mlflow_server(tmp_path):
     assert arms.experiment.tracking.mlflow_uri is None
     assert arms.experiment.tracking.tensorboard == given.tracking.tensorboard
     assert run_identity(arms.experiment) == run_identity(given)  # the same models, bit for bit
+
+
+def test_a_jobs_model_file_is_not_unpacked_beyond_the_networks_size(tmp_path):
+    # the evaluate job's fedseg_model.npz comes from the submitter: a compressed array far larger
+    # than the network (a zip bomb) must be refused from the archive's listing, before it is read
+    import numpy as np
+
+    from fedseg.errors import UserError
+    from fedseg.external_deployment import read_model
+
+    template = {"w": np.zeros((2, 2), np.float32)}
+    path = tmp_path / "fedseg_model.npz"
+    np.savez_compressed(path, w=np.zeros((4096, 4096), np.float32))  # 64 MiB unpacked, a few KiB packed
+    loaded = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    np.lib.npyio.NpzFile.__getitem__ = lambda self, key: loaded.append(key) or original(self, key)
+    try:
+        with pytest.raises(UserError, match="w"):
+            read_model(path, template)
+    finally:
+        np.lib.npyio.NpzFile.__getitem__ = original
+    assert loaded == []
+    np.savez(path, w=np.ones((2, 2), np.float32))
+    assert read_model(path, template)["w"].sum() == 4

@@ -105,6 +105,10 @@ def read_model(path: Path, template: Weights) -> Weights:
     """The job's model: arrays only (no pickle), exactly the experiment network's parameters."""
     try:
         with np.load(path, allow_pickle=False) as saved:
+            for info in saved.zip.infolist():  # sizes from the archive's listing: nothing larger is unpacked
+                key, size = info.filename.removesuffix(".npy"), info.file_size
+                if key not in template or size > template[key].nbytes + 4096:
+                    raise ValueError(f"array {key[:60]!r} ({size} bytes) is not one of the network's parameters")
             weights = {key: saved[key] for key in saved.files}
         check_weights(weights, template, "the job's model")
     except (OSError, ValueError, UpdateRejected) as exc:
