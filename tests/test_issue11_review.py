@@ -77,3 +77,22 @@ def test_a_jobs_model_file_is_not_unpacked_beyond_the_networks_size(tmp_path):
     assert loaded == []
     np.savez(path, w=np.ones((2, 2), np.float32))
     assert read_model(path, template)["w"].sum() == 4
+
+
+def test_a_job_logs_to_mlflow_only_on_a_server_the_coordinators_operator_allows(tmp_path, monkeypatch):
+    """The MLflow client sends the coordinator's credentials to the server it is given, and the job
+    names that server: the coordinator keeps the job's mlflow_uri only if its operator lists it."""
+    from fedseg.deployment import MLFLOW_SERVERS_ENV, allowed_tracking
+    from fedseg.experiment import parse_experiment
+    from tiny_experiment import tiny_experiment
+
+    job = parse_experiment(tiny_experiment(tmp_path, tracking={"mlflow_uri": "https://collector.example:8443"}))
+    warnings: list[str] = []
+    monkeypatch.delenv(MLFLOW_SERVERS_ENV, raising=False)
+    assert allowed_tracking(job, warnings.append).tracking.mlflow_uri is None
+    assert "collector.example" in warnings[0] and MLFLOW_SERVERS_ENV in warnings[0]
+    monkeypatch.setenv(MLFLOW_SERVERS_ENV, "mlflow.hospital.org:5000, collector.example")
+    assert allowed_tracking(job, warnings.append).tracking.mlflow_uri == "https://collector.example:8443"
+    monkeypatch.setenv(MLFLOW_SERVERS_ENV, "collector.example:5000")  # another port is another server
+    assert allowed_tracking(job, warnings.append).tracking.mlflow_uri is None
+    assert len(warnings) == 2

@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fedseg.data.errors import DataError
 from fedseg.deployed_arms import SiteArms, score_site_models
@@ -57,6 +59,28 @@ def deployable(experiment: Experiment) -> Experiment:
         raise UserError(f"{where}: faults are simulated only; in deployment a site injects one itself "
                         "('fedseg site KIT --data DIR --fault ...'): remove the faults table")
     return experiment
+
+
+MLFLOW_SERVERS_ENV = "FEDSEG_MLFLOW_SERVERS"
+"""The MLflow servers (``host`` or ``host:port``, comma-separated) the coordinator's operator lets a
+job log to: the MLflow client sends the coordinator's credentials to whatever server it is given."""
+
+
+def allowed_tracking(experiment: Experiment, warn: Callable[[str], None]) -> Experiment:
+    """``experiment`` without its ``mlflow_uri`` (and a warning saying why) unless the coordinator's
+    operator lists that server in ``FEDSEG_MLFLOW_SERVERS``: the job, not the operator, names it."""
+    uri = experiment.tracking.mlflow_uri
+    if uri is None:
+        return experiment
+    parts = urlsplit(uri)
+    allowed = {name.strip().lower() for name in os.environ.get(MLFLOW_SERVERS_ENV, "").split(",") if name.strip()}
+    host = (parts.hostname or "").lower()
+    if host and (host in allowed or f"{host}:{parts.port}" in allowed):
+        return experiment
+    warn(f"[tracking] mlflow_uri {uri[:120]!r} is not among the MLflow servers this coordinator's operator allows "
+         f"({MLFLOW_SERVERS_ENV}={','.join(sorted(allowed)) or 'unset'}); the run goes on without MLflow. To log "
+         f"there, start the coordinator with {MLFLOW_SERVERS_ENV}={host}:{parts.port or ''} in its environment")
+    return replace(experiment, tracking=replace(experiment.tracking, mlflow_uri=None))
 
 
 def unbounded_sites(experiment: Experiment) -> list[str]:
@@ -113,7 +137,7 @@ class Coordinator(FlareController):
 
             return score_only(self, self.evaluate)
         started = time.perf_counter()
-        experiment = deployable(parse_text(self.experiment))
+        experiment = allowed_tracking(deployable(parse_text(self.experiment)), self.warning)
         run_dir = RunDirectory(self.runs_root() / safe_name(experiment.name, "experiment name"))
         resume = self.resuming(run_dir)
         prepare_run_dir(run_dir, experiment, resume,  # refuses a directory that holds another run
