@@ -162,9 +162,8 @@ def check_curve(points: Any, site: str, rounds: int) -> list[dict[str, Any]]:
 def _ask(engine: RoundEngine, task: str, owner: str, name: str) -> tuple[Any, str | None]:
     """One model's ``task`` sent to its owner: (reply, None) or (None, why not)."""
     got: dict[str, Any] = {}
-    failed: dict[str, str] = {}
-    engine.dispatcher.dispatch(task, None, {owner: {"model": name}} if owner in engine.dispatcher.available() else {},
-                               engine._handler(task, got.__setitem__, failed), engine.policy.round_timeout)
+    payloads = {owner: {"model": name}} if owner in engine.dispatcher.available() else {}
+    failed = engine._ask(None)(task, payloads, got.__setitem__)  # a protocol phase: audited, checked, timed out
     return got.get(owner), None if owner in got else failed.get(owner, "offline or did not answer")
 
 
