@@ -32,6 +32,12 @@ def experiment(root: Path, **sections):
     return parse_experiment(tiny_experiment(root, n_cases=5, **sections))
 
 
+def test_folds_are_deployable_and_their_fl_local_is_an_ensemble_of_the_folds(data_root):
+    folds = experiment(data_root, arms=["federated", "standalone"], federation={"folds": 3, "fine_tune_epochs": 1})
+    assert deployable(folds) is folds
+    assert site_models(folds, "hospital_a") == ["FL_local_hospital_a", "standalone_hospital_a"]
+
+
 def test_standalone_and_fine_tuning_are_deployable(data_root):
     both = experiment(data_root, arms=["federated", "standalone"], federation={"fine_tune_epochs": 1})
     assert deployable(both) is both
@@ -44,7 +50,6 @@ def test_standalone_and_fine_tuning_are_deployable(data_root):
 @pytest.mark.parametrize("sections, message", [
     ({"arms": ["federated", "centralized"]}, "centralized arm needs every site's data in one place"),
     ({"arms": ["standalone"]}, "runs the 'federated' arm"),
-    ({"federation": {"folds": 2}}, "folds = 1"),
 ])
 def test_what_deployment_cannot_run_is_refused_with_what_to_set(data_root, sections, message):
     with pytest.raises(UserError, match=message):
@@ -112,7 +117,7 @@ def test_any_payload_is_answered_or_rejected_with_a_reason(kept, task, payload):
 
 
 @settings(max_examples=150, deadline=None)
-@given(meta=st.dictionaries(st.sampled_from(["models", "shared", "cases", "x"]), json_like, max_size=3),
+@given(meta=st.dictionaries(st.sampled_from(["models", "shared", "cases", "x", wire.ENSEMBLE]), json_like, max_size=3),
        params=st.none() | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 def test_a_sites_arm_replies_decode_or_fail_cleanly(meta, params):
     """The coordinator's decoding of ``arms``/``share_model``/``score_held`` replies: a value, or the
@@ -180,3 +185,67 @@ def test_the_share_setting_reaches_the_site_process_and_only_the_operator_sets_i
     kits = provision(load_project(write_project(tmp_path / "p.toml", "p", ["hospital_a"], [1, 2])), tmp_path / "kits")
     with pytest.raises(UserError, match="--share-models must be one of score, none"):
         run_site(kits["hospital_a"], tmp_path, share_models="some")
+
+
+def test_an_ensemble_and_its_fold_survive_the_wire():
+    members = [{"w": np.full(3, i, np.float32), "b": np.zeros(1, np.float32)} for i in range(3)]
+    model = wire.weights_model(members, meta={wire.FOLD: 2})
+    assert wire.fold_from_wire(model.meta) == 2 and wire.fold_from_wire({}) is None
+    back = wire.model_from_params(model.params, model.meta)
+    assert [sorted(m) for m in back] == [["b", "w"]] * 3
+    for i, member in enumerate(back):
+        np.testing.assert_array_equal(member["w"], i)
+    shared = wire.reply_from_wire("share_model", wire.reply_to_wire("share_model", members))
+    assert isinstance(shared.weights, list) and len(shared.weights) == 3
+    single = {"w": np.ones(2, np.float32)}
+    assert wire.model_from_params(wire.weights_model(single).params, {}) == single
+
+
+@pytest.mark.parametrize("params, meta, message", [
+    ({"ensemble/0/w": 1, "ensemble/2/w": 1}, {"ensemble": 2}, "names no member"),
+    ({"ensemble/0/w": 1, "w": 1}, {"ensemble": 2}, "names no member"),
+    ({"ensemble/0/w": 1}, {"ensemble": 2}, "has no parameters"),
+    ({"ensemble/0/": 1, "ensemble/1/w": 1}, {"ensemble": 2}, "names no member"),
+    ({}, {"ensemble": 1}, "2 to 100 members"),
+    ({}, {"ensemble": 10**9}, "2 to 100 members"),
+    ({}, {"ensemble": True}, "2 to 100 members"),
+])
+def test_a_hostile_ensemble_is_refused(params, meta, message):
+    with pytest.raises(ValueError, match=message):
+        wire.model_from_params(params, meta)
+
+
+@settings(max_examples=200, deadline=None)
+@given(params=st.dictionaries(st.text(max_size=12) | st.sampled_from(["ensemble/0/w", "ensemble/1/w", "ensemble/x/w"]),
+                              st.integers(), max_size=4), meta=json_like)
+def test_any_ensemble_message_decodes_to_whole_members_or_fails_cleanly(params, meta):
+    try:
+        model = wire.model_from_params(params, meta)
+        fold = wire.fold_from_wire(meta)
+    except ValueError:
+        return
+    assert fold is None or 0 <= fold < wire.MAX_MEMBERS
+    if isinstance(model, list):
+        assert 2 <= len(model) <= wire.MAX_MEMBERS and all(model)
+        assert sum(len(m) for m in model) == len(params)
+
+
+@pytest.mark.parametrize("fold", [-1, 100, True, "1", 1.0])
+def test_a_tasks_fold_must_be_a_whole_number_in_range(fold):
+    with pytest.raises(ValueError, match="fold must be a whole number"):
+        wire.fold_from_wire({wire.FOLD: fold})
+
+
+def test_a_site_with_folds_needs_one_fl_global_per_fold_and_hands_over_its_fl_local_ensemble(data_root, tmp_path):
+    folds = experiment(data_root, federation={"folds": 2, "fine_tune_epochs": 1})
+    app = SimpleNamespace(name="hospital_a", check_model=lambda weights: None)
+    arms = SiteArms(folds, None, app, tmp_path / "state", "score", fold_app=lambda fold: app)
+    with pytest.raises(UpdateRejected, match="2 model\\(s\\), one per fold; 1 arrived"):
+        arms.handle("arms", {"w": np.ones(1)}, {"resume": False})
+    arms.run_dir.create()
+    arms.run_dir.save_model("FL_local_hospital_a_fold0", {"w": np.zeros(2, np.float32)})
+    with pytest.raises(UpdateRejected, match="has not trained FL_local_hospital_a yet"):  # one fold is not the model
+        arms.handle("share_model", {}, {"model": "FL_local_hospital_a"})
+    arms.run_dir.save_model("FL_local_hospital_a_fold1", {"w": np.ones(2, np.float32)})
+    shared = arms.handle("share_model", {}, {"model": "FL_local_hospital_a"})
+    assert [float(m["w"][0]) for m in shared] == [0.0, 1.0]

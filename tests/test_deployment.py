@@ -66,7 +66,7 @@ def run_deployed(consortium: Consortium, experiment: Path, out: Path, resume: bo
     return follow(consortium.kits["admin"], session, job_id, out, on_progress=lambda job: None)
 
 
-def assert_same_run(deployed: Path, simulated: Path) -> None:
+def assert_same_run(deployed: Path, simulated: Path, results: bool = True) -> None:
     rounds_d, weights_d, _ = RunDirectory(deployed).last_round()
     rounds_s, weights_s, _ = RunDirectory(simulated).last_round()
     assert rounds_d == rounds_s
@@ -79,6 +79,8 @@ def assert_same_run(deployed: Path, simulated: Path) -> None:
         for key in ("train_loss", "val_dice", "global_val_dice", "aggregation_weight"):
             if key in s:
                 assert d[key] == pytest.approx(s[key], abs=1e-6), (key, d["round"], d["site"])
+    if not results:  # one fold's federation: the results are the run's
+        return
     results_d = json.loads((deployed / "results.json").read_text())
     results_s = json.loads((simulated / "results.json").read_text())
     assert results_d["overall"]["mean_dice"] == pytest.approx(results_s["overall"]["mean_dice"], abs=1e-6)
@@ -384,27 +386,33 @@ def test_client_level_dp_over_a_secure_sum_in_deployment(consortium, experiment_
 
 
 @pytest.mark.slow
-def test_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(consortium, experiment_file,
-                                                                                 workspace):
-    """Each site trains its standalone model and fine-tunes FL_global into its FL_local at the site, in
-    its kit's state folder, with the simulation's code (the same models, bit for bit); each model goes
-    through the coordinator's memory to every site's test cases, and the deployed matrix is the simulated one."""
-    experiment = experiment_file("arms", rounds=2, arms=["federated", "standalone"], federation={"fine_tune_epochs": 1})
+def test_folds_standalone_and_fl_local_trained_at_the_sites_give_the_simulated_matrix(consortium, experiment_file,
+                                                                                       workspace):
+    """Sarma et al.'s protocol deployed: two folds (two federations in one job, each site re-splitting
+    its cases per fold; FL_global is their ensemble); each site trains its standalone model and
+    fine-tunes each fold's FL_global into its FL_local at the site, in its kit's state folder, with the
+    simulation's code (the same models, bit for bit); each model goes through the coordinator's memory
+    to every site's test cases, and the deployed matrix is the simulated one."""
+    experiment = experiment_file("arms", rounds=2, arms=["federated", "standalone"],
+                                 federation={"fine_tune_epochs": 1, "folds": 2})
     ended = run_deployed(consortium, experiment, workspace / "arms-deployed")
     assert ended["state"] == "finished", ended
     run_simulation(load_experiment(experiment), workspace / "arms-simulated")
     deployed, simulated = workspace / "arms-deployed", workspace / "arms-simulated"
-    assert_same_run(deployed, simulated)
+    for fold in range(2):  # each fold's federation as simulated: its own cases, rounds and metrics
+        assert_same_run(deployed / "arms" / f"FL_global_fold{fold}", simulated / "arms" / f"FL_global_fold{fold}",
+                        results=False)
     assert_same_matrix(deployed, simulated, ["FL_global", *(f"FL_local_{s}" for s in consortium.sites),
                                              *(f"standalone_{s}" for s in consortium.sites)])
     for site in consortium.sites:
         kept = RunDirectory(consortium.kits[site] / "fedseg-state" / "arms" / site / "arms")
-        for name, tolerance in ((f"standalone_{site}", 0.0), (f"FL_local_{site}", WEIGHT_TOLERANCE)):
+        for name, tolerance in ((f"standalone_{site}", 0.0), (f"FL_local_{site}_fold0", WEIGHT_TOLERANCE),
+                                (f"FL_local_{site}_fold1", WEIGHT_TOLERANCE)):
             at_site, in_simulation = kept.load_model(name), RunDirectory(simulated).load_model(name)
             for key in in_simulation:
                 np.testing.assert_allclose(at_site[key], in_simulation[key], rtol=0, atol=tolerance, err_msg=name)
     downloaded = {p.relative_to(deployed).as_posix() for p in deployed.rglob("*") if p.is_file()}
-    assert not any(name.endswith(".pt") and "/global_round_" not in name and not name.endswith("FL_global.pt")
+    assert not any(name.endswith(".pt") and "/global_round_" not in name and "/FL_global" not in name
                    for name in downloaded), downloaded  # no arm's model, no arm's checkpoint
     for site in consortium.sites:  # each standalone model's learning curve came back: scalars per round
         curve_d = RunDirectory(deployed / "arms" / f"standalone_{site}").read_metrics()

@@ -10,8 +10,9 @@ from fedseg.errors import UserError
 from fedseg.experiment import parse_experiment
 
 
-def experiment(tmp_path, arms=("federated",), **privacy):
-    return parse_experiment(tiny_experiment(tmp_path, rounds=1, privacy=privacy, arms=list(arms)))
+def experiment(tmp_path, arms=("federated",), folds=1, **privacy):
+    return parse_experiment(tiny_experiment(tmp_path, rounds=1, privacy=privacy, arms=list(arms),
+                                            federation={"folds": folds}))
 
 
 def test_a_job_without_sample_level_dp_or_over_the_cap_is_refused(tmp_path):
@@ -36,12 +37,21 @@ def test_a_standalone_arm_spends_the_budget_twice(tmp_path):
     """The site trains two models of the same cases (federated and standalone), each to epsilon."""
     state = tmp_path / "state"
     both = experiment(tmp_path, ("federated", "standalone"), dp="sample", epsilon=5.0)
-    with pytest.raises(UserError, match="twice: its federated and its standalone model.*at most 4"):
+    with pytest.raises(UserError, match="2 times: each model it trains.*at most 4"):
         site_budget(both, "hospital_a", 8.0, state, "arms")
     site_budget(experiment(tmp_path, ("federated", "standalone"), dp="sample", epsilon=4.0), "hospital_a", 8.0,
                 state, "arms")
     with pytest.raises(UserError, match="at most 0"):
         site_budget(experiment(tmp_path, dp="sample", epsilon=0.5), "hospital_a", 8.0, state, "next")
+
+
+def test_each_fold_spends_the_budget_again(tmp_path):
+    """k folds: k federations over the same cases, each to epsilon (and a standalone model beside)."""
+    with pytest.raises(UserError, match="4 times: each model it trains.*at most 2"):
+        site_budget(experiment(tmp_path, ("federated", "standalone"), folds=3, dp="sample", epsilon=2.5),
+                    "hospital_a", 8.0, tmp_path / "state", "folds")
+    site_budget(experiment(tmp_path, ("federated", "standalone"), folds=3, dp="sample", epsilon=2.0), "hospital_a",
+                8.0, tmp_path / "state", "folds")
 
 
 def test_a_damaged_record_is_an_error_not_a_fresh_budget(tmp_path):

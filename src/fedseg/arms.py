@@ -62,14 +62,9 @@ class ArmRunner:
         """FL_global (with ``federation.folds = k > 1``: the ensemble of k federations, each on
         its own train/val re-split of every site, as Sarma et al.'s 5 averaged submodels) and,
         with ``fine_tune_epochs`` or ``local_norm``, each site's FL_local (one per ensemble member)."""
-        folds = self.experiment.federation.folds
         members: list[tuple[Weights, dict[str, SiteApp]]] = []
-        for fold in range(folds):
-            if folds == 1:
-                name, arm_dir, datasets = "FL_global", self.run_dir, self.datasets
-            else:
-                name, arm_dir = f"FL_global_fold{fold}", self._arm_dir(f"FL_global_fold{fold}")
-                datasets = {site: data.fold(fold, folds, self.experiment.seed) for site, data in self.datasets.items()}
+        for fold, name, arm_dir in federations(self.experiment, self.run_dir):
+            datasets = {site: folded(self.experiment, data, fold) for site, data in self.datasets.items()}
             apps = self._apps(datasets, arm_dir.root)
             members.append((self._train(name, make_plan(), apps, arm_dir, federation=True), apps))
         models: dict[str, Model] = {"FL_global": _one_or_all([weights for weights, _ in members])}
@@ -142,6 +137,26 @@ class ArmRunner:
     def _save(self, name: str, weights: Weights) -> Weights:
         self.run_dir.save_model(name, weights)
         return weights
+
+
+def federations(experiment: Experiment, run_dir: RunDirectory) -> list[tuple[int | None, str, RunDirectory]]:
+    """The federations of the federated arm as (fold, model name, run directory): FL_global in
+    ``run_dir`` itself, or with ``folds = k > 1`` one per fold in ``arms/FL_global_fold<i>`` (created).
+    Simulation and deployment lay them out alike."""
+    folds = experiment.federation.folds
+    if folds == 1:
+        return [(None, "FL_global", run_dir)]
+    found = []
+    for fold in range(folds):
+        arm_dir = RunDirectory(run_dir.root / "arms" / f"FL_global_fold{fold}")
+        arm_dir.create()
+        found.append((fold, f"FL_global_fold{fold}", arm_dir))
+    return found
+
+
+def folded(experiment: Experiment, data: SiteDataset, fold: int | None) -> SiteDataset:
+    """``data`` as fold ``fold`` of the experiment's federations sees it (None: as it is)."""
+    return data if fold is None else data.fold(fold, experiment.federation.folds, experiment.seed)
 
 
 def _one_or_all(members: list[Weights]) -> Model:

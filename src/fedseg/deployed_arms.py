@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,13 @@ def site_models(experiment: Experiment, site: str) -> list[str]:
 class SiteArms:
     """A deployed site's side of the arms: ``handle(task, weights, payload)`` for ``wire.ARM_TASKS``."""
 
-    def __init__(self, experiment: Experiment, data: SiteDataset, app: SiteApp, state_dir: Path, share: str):
+    def __init__(self, experiment: Experiment, data: SiteDataset, app: SiteApp, state_dir: Path, share: str,
+                 fold_app: Callable[[int], SiteApp] | None = None):
         if share not in SHARE_CHOICES:
             raise UserError(f"--share-models must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
         # MLflow is the coordinator's: a job's mlflow_uri never makes the site process connect anywhere
         experiment = replace(experiment, tracking=replace(experiment.tracking, mlflow_uri=None))
-        self.experiment, self.data, self.app, self.share = experiment, data, app, share
+        self.experiment, self.data, self.app, self.share, self.fold_app = experiment, data, app, share, fold_app
         self.run_dir = RunDirectory(state_dir / "arms")  # the site's own: never sent anywhere
 
     def handle(self, task: str, weights: dict, payload: Any) -> Any:
@@ -62,9 +64,13 @@ class SiteArms:
         name = payload.get("model")
         if not isinstance(name, str) or name not in site_models(self.experiment, self.app.name):
             raise UpdateRejected(f"site '{self.app.name}' holds no model named {str(name)[:60]!r}")
-        model = self.run_dir.load_model(name)
-        if model is None:
+        folds = self.experiment.federation.folds
+        stored = [f"{name}_fold{fold}" for fold in range(folds)] if folds > 1 and name.startswith("FL_local_") else [
+            name]  # FL_local of k folds: the ensemble of one model per fold, as in simulation
+        members = [self.run_dir.load_model(one) for one in stored]
+        if any(member is None for member in members):
             raise UpdateRejected(f"site '{self.app.name}' has not trained {name} yet")
+        model = members[0] if len(members) == 1 else members
         if task == "share_model":
             if self.share != "score":
                 raise UpdateRejected(f"site '{self.app.name}' keeps its models (--share-models {self.share})")
@@ -75,12 +81,18 @@ class SiteArms:
         """Train (or, resuming, reuse) this site's FL_local and standalone models from ``fl_global``."""
         if not isinstance(resume, bool):
             raise UpdateRejected("the arms task must say resume = true/false")
-        self.app.check_model(fl_global)
+        folds = self.experiment.federation.folds
+        members = fl_global if isinstance(fl_global, list) else [fl_global]
+        if len(members) != folds or (folds > 1 and self.fold_app is None):
+            raise UpdateRejected(f"FL_global must be {folds} model(s), one per fold; {len(members)} arrived")
+        for member in members:
+            self.app.check_model(member)
         site, names = self.app.name, site_models(self.experiment, self.app.name)
         self.run_dir.create()
         runner = ArmRunner(self.experiment, {site: self.data}, self.run_dir, initial_weights(self.experiment), resume)
-        if f"FL_local_{site}" in names:
-            runner.fl_local(site, fl_global, self.app.trainer)
+        if f"FL_local_{site}" in names:  # from each fold's FL_global, by the trainer of that fold's federation
+            for fold, member in enumerate(members):
+                runner.fl_local(site, member, (self.app if folds == 1 else self.fold_app(fold)).trainer, fold)
         curves = {}
         if f"standalone_{site}" in names:
             runner.standalone()
@@ -130,7 +142,8 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
                 reason = f"{owner} did not train it: {failed.get(owner, 'offline or did not answer')}"
                 unscored.update({f"{site} ({name})": reason for site in sites})
                 continue
-            found, problems = (_shared(engine, owner, name, template) if held[owner] else
+            count = experiment.federation.folds if prefix == "FL_local" else 1
+            found, problems = (_shared(engine, owner, name, template, count) if held[owner] else
                                _held(engine, owner, name, [s for s in sites if s != owner]))
             unscored.update({f"{site} ({name})": reason for site, reason in problems.items()})
             if found:
@@ -167,15 +180,19 @@ def _ask(engine: RoundEngine, task: str, owner: str, name: str) -> tuple[Any, st
     return got.get(owner), None if owner in got else failed.get(owner, "offline or did not answer")
 
 
-def _shared(engine: RoundEngine, owner: str, name: str, template: Weights) -> tuple[dict, dict[str, str]]:
-    """The model fetched from its owner, checked, scored by every site, then dropped."""
+def _shared(engine: RoundEngine, owner: str, name: str, template: Weights, count: int) -> tuple[dict, dict[str, str]]:
+    """The model (an ensemble of ``count`` > 1) fetched from its owner, checked, scored by every site, dropped."""
     reply, why = _ask(engine, "share_model", owner, name)
     if why is not None:
         return {}, {site: f"{owner} did not hand {name} over: {why}" for site in engine.sites}
     try:
         if not isinstance(reply, Update):
             raise UpdateRejected("a shared model must be a table of parameters")
-        check_weights(reply.weights, template, f"{owner}'s {name}")
+        members = reply.weights if isinstance(reply.weights, list) else [reply.weights]
+        if len(members) != count:
+            raise UpdateRejected(f"{owner}'s {name} must be {count} model(s) (one per fold), it sent {len(members)}")
+        for member in members:
+            check_weights(member, template, f"{owner}'s {name}")
     except UpdateRejected as exc:
         return {}, dict.fromkeys(engine.sites, str(exc))
     return engine.evaluate(reply.weights)

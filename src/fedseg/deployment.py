@@ -9,9 +9,10 @@ of its ``[[sites]]`` entry is ignored there), scores leave a site under pseudony
 directory is written on the coordinator without the example overlays (they are pictures of
 patients' images, which stay at the sites).
 
-The ``federated`` arm runs with ``folds = 1``; ``standalone`` models and FL_local (fine-tuning,
-FedBN) are trained at each site and scored as ``deployed_arms`` says; ``centralized`` training
-needs pooled data and is refused.
+The ``federated`` arm runs one federation, or with ``folds = k`` one per fold in turn (each site
+re-splits its cases for the fold as in simulation; tasks name their fold) and FL_global is their
+ensemble; ``standalone`` models and FL_local (fine-tuning, FedBN) are trained at each site and
+scored as ``deployed_arms`` says; ``centralized`` training needs pooled data and is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fedseg.arms import federations, folded
+from fedseg.data.dataset import SiteDataset
 from fedseg.data.errors import DataError
 from fedseg.deployed_arms import SiteArms, score_site_models
 from fedseg.errors import UserError
@@ -50,8 +53,6 @@ def deployable(experiment: Experiment) -> Experiment:
         raise UserError(f"{where}: deployment runs the 'federated' arm, and 'standalone' beside it; set arms = "
                         "[\"federated\"] or [\"federated\", \"standalone\"] (the centralized arm needs every "
                         "site's data in one place: simulate it)")
-    if experiment.federation.folds != 1:
-        raise UserError(f"{where}: deployment does not yet run folds > 1; set [federation] folds = 1")
     if experiment.tracking.mlflow_uri and not experiment.tracking.remote:
         raise UserError(f"{where}: [tracking] mlflow_uri must be an MLflow server's http(s):// address in deployment "
                         "(a file: store would be written on the coordinator's own disk)")
@@ -98,7 +99,7 @@ def parse_text(text: str) -> Experiment:
 
 def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run: str) -> None:
     """A site started with ``--max-epsilon`` trains a run only under sample-level DP whose epsilon
-    (twice with a standalone arm: two models of the same cases), added to what its other runs were
+    (once per model it trains: each fold's federation and a standalone arm), added to what its other runs were
     allowed (basic composition, kept in ``state/dp_runs.json``; a resumed run counts once), stays
     within ``cap``; else a UserError in the site's log."""
     privacy, record = experiment.privacy, state / "dp_runs.json"
@@ -112,10 +113,12 @@ def site_budget(experiment: Experiment, site: str, cap: float, state: Path, run:
         raise UserError(f"{record} is damaged: this site's record of the budgets its runs were allowed; restore "
                         "it (deleting it forgets what earlier runs spent)") from None
     others = sum(value for name, value in runs.items() if name != run)
-    models = 2 if "standalone" in experiment.arms else 1  # a standalone model: a second release of the cases
+    # each fold's federation and a standalone model: another release of the same cases
+    models = experiment.federation.folds + ("standalone" in experiment.arms)
     if others + models * privacy.epsilon > cap + 1e-9:
         raise UserError(f"site '{site}': epsilon {privacy.epsilon:g} for run '{run}'"
-                        f"{' (twice: its federated and its standalone model)' if models > 1 else ''} and {others:g} "
+                        f"{f' ({models} times: each model it trains on the same cases)' if models > 1 else ''} and "
+                        f"{others:g} "
                         f"for its other runs exceed this site's --max-epsilon {cap:g}: lower [privacy] epsilon to at "
                         f"most {max(cap - others, 0) / models:g}")
     state.mkdir(parents=True, exist_ok=True)
@@ -147,31 +150,51 @@ class Coordinator(FlareController):
         rounds = experiment.runtime_rounds
         self.set_state("running", rounds=rounds)
         he_public = load_he_context(self.kit(), secret=False) if experiment.privacy.homomorphic else None
-        engine = round_engine(experiment, experiment.compute_plan(), self, run_dir, [s.name for s in experiment.sites],
-                              federation=True, he_public=he_public,
-                              secrets=self.kit() / "fedseg-state" / run_dir.root.name,  # not in the download
-                              observer=SiteProgress(lambda **state: self.set_state("running", rounds=rounds, **state)))
-        engine.join(set(engine.sites))
-        if experiment.privacy.dp == "sample":  # said here: a site's own refusal stays in its log
-            cases = {site: d["train"] for site, d in engine.declared.items()}
-            if too_few := {site: n for site, n in cases.items() if not experiment.privacy.delta_fits(n)}:
-                raise UserError(f"privacy.delta = {experiment.privacy.delta:g} must be below 1 / (a site's training "
-                                f"cases), and these sites declared fewer: {too_few}: set [privacy] delta below "
-                                f"{1 / max(cases.values()):.3g}")
-        weights = engine.run(initial_weights(experiment), rounds, resume=resume)
-        run_dir.save_model("FL_global", weights)
+        secrets = self.kit() / "fedseg-state" / run_dir.root.name  # not in the download
+        members = []
+        for fold, name, arm_dir in federations(experiment, run_dir):  # one, or one per fold as in simulation
+            self.fold = fold
+            progress = SiteProgress(lambda fold=fold, **state: self.set_state("running", rounds=rounds, fold=fold,
+                                                                              **state))
+            engine = round_engine(experiment, experiment.compute_plan(), self, arm_dir,
+                                  [s.name for s in experiment.sites], federation=True, he_public=he_public,
+                                  secrets=secrets if fold is None else secrets / f"fold{fold}", observer=progress)
+            if resume and (run_dir.checkpoints / f"{name}.pt").exists():  # a fold finished before an interruption
+                members.append(run_dir.load_model(name))
+                continue
+            engine.join(set(engine.sites))
+            self.check_delta(experiment, engine.declared)
+            members.append(engine.run(initial_weights(experiment), rounds, resume=resume))
+            run_dir.save_model(name, members[-1])
+        self.fold, weights = None, members[0] if len(members) == 1 else members
+        if len(members) > 1:  # the ensemble is scored by an engine of the run directory itself, as in simulation
+            engine = round_engine(experiment, experiment.compute_plan(), self, run_dir,
+                                  [s.name for s in experiment.sites], federation=True, he_public=he_public,
+                                  secrets=secrets)
         scores, unscored = engine.evaluate(weights)
         if unscored:
             self.warning(f"no test scores from {sorted(unscored)}: {unscored}; the report leaves them out")
         if not scores:
             raise UserError("no site returned usable test scores; the final model is in the run directory")
-        membership = engine.membership(weights) if experiment.privacy.membership_attack else {}
+        membership = engine.membership(weights) if experiment.privacy.membership_attack and len(members) == 1 else {}
         scores, template = {"FL_global": scores}, initial_weights(experiment)
         arms, arms_unscored = score_site_models(engine, experiment, weights, resume, template)
         write_results(run_dir, experiment, {**scores, **arms}, started, resume, {**unscored, **arms_unscored},
                       membership)
         write_report(run_dir.root)
         track_results(experiment, run_dir)  # MLflow, when the experiment names a server: the coordinator only
+
+
+    @staticmethod
+    def check_delta(experiment: Experiment, declared: dict[str, dict[str, int]]) -> None:
+        """Sample-level DP's delta against each site's declared training cases (said here: a site's
+        own refusal stays in its log)."""
+        if experiment.privacy.dp == "sample":
+            cases = {site: d["train"] for site, d in declared.items()}
+            if too_few := {site: n for site, n in cases.items() if not experiment.privacy.delta_fits(n)}:
+                raise UserError(f"privacy.delta = {experiment.privacy.delta:g} must be below 1 / (a site's training "
+                                f"cases), and these sites declared fewer: {too_few}: set [privacy] delta below "
+                                f"{1 / max(cases.values()):.3g}")
 
 
 class Site(FlareSiteExecutor):
@@ -191,10 +214,26 @@ class Site(FlareSiteExecutor):
             cap = float(os.environ[MAX_EPSILON_ENV])
             site_budget(parsed, site, cap, self.kit / "fedseg-state", state_dir.parent.name)
         he_secret = load_he_context(self.kit, secret=True) if parsed.privacy.homomorphic else None
-        app = site_app(parsed, dataset, state_dir=state_dir, pseudonyms=True, fault=fault, he_secret=he_secret,
-                       device=os.environ.get(DEVICE_ENV) or None)  # fedseg site --device
-        self.arms = SiteArms(parsed, dataset, app, state_dir, os.environ.get(SHARE_MODELS_ENV) or "score")
+        self.folds: dict[int, SiteApp] = {}
+
+        def app_on(data: SiteDataset, state: Path) -> SiteApp:
+            return site_app(parsed, data, state_dir=state, pseudonyms=True, fault=fault, he_secret=he_secret,
+                            device=os.environ.get(DEVICE_ENV) or None)  # fedseg site --device
+
+        self.parsed, self.dataset, self.state_dir, self.app_on = parsed, dataset, state_dir, app_on
+        app = app_on(dataset, state_dir)
+        self.arms = SiteArms(parsed, dataset, app, state_dir, os.environ.get(SHARE_MODELS_ENV) or "score",
+                             self.fold_app)
         return app
+
+    def fold_app(self, fold: int) -> SiteApp:
+        """The site app of fold ``fold``: the site's cases re-split as in simulation, its own state folder."""
+        folds = self.parsed.federation.folds
+        if not 0 <= fold < folds or folds == 1:
+            raise UserError(f"a task for fold {fold}, but the experiment has {folds} fold(s)")
+        if fold not in self.folds:
+            self.folds[fold] = self.app_on(folded(self.parsed, self.dataset, fold), self.state_dir / f"fold{fold}")
+        return self.folds[fold]
 
     def arm_task(self, task: str, weights: dict, payload: object) -> object:
         return self.arms.handle(task, weights, payload)

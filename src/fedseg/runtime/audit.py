@@ -26,9 +26,11 @@ def append_audit(path: Path, task: str, site: str, round: int | None, reply: Any
     line: dict[str, Any] = {"task": task, "site": site, "round": round, "params": {}, "metrics": {},
                             "meta": meta, "verdict": "accepted" if verdict is None else f"rejected: {verdict}"}
     if isinstance(reply, Update):
-        if isinstance(reply.weights, dict):
-            line["params"] = {str(k): [str(v.dtype), list(v.shape)] if isinstance(v, np.ndarray) else type(v).__name__
-                              for k, v in reply.weights.items()}
+        members = reply.weights if isinstance(reply.weights, list) else [reply.weights]  # an ensemble: each member
+        named = [(f"ensemble/{i}/" if len(members) > 1 else "", member) for i, member in enumerate(members)]
+        line["params"] = {f"{prefix}{k}": [str(v.dtype), list(v.shape)] if isinstance(v, np.ndarray) else
+                          type(v).__name__ for prefix, member in named if isinstance(member, dict)
+                          for k, v in member.items()}
         line["metrics"] = reply.metrics
     elif isinstance(reply, dict):
         line["metrics"] = reply

@@ -44,6 +44,8 @@ class FlareController(ModelController):
         self.resume = resume
         self.run_dir: RunDirectory | None = None
         """The run directory this job owns, once ``run_study`` has claimed it."""
+        self.fold: int | None = None
+        """The federation (fold of ``folds = k``) the tasks being sent belong to; None: the only one."""
 
     def run_study(self) -> None:
         """Build the study from ``self.experiment`` and run it with ``self`` as the dispatcher."""
@@ -73,6 +75,8 @@ class FlareController(ModelController):
         if not targets:
             return
         meta = wire.payloads_to_wire(task, {site: payloads[site] for site in targets})
+        if self.fold is not None:
+            meta[wire.FOLD] = self.fold
         lock, answered, all_in = threading.Lock(), set(), threading.Event()
 
         def callback(model: FLModel) -> bool:

@@ -42,6 +42,10 @@ class FlareSiteExecutor(Executor):
         """The site app for ``site`` on its local ``data`` folder (built by the layer above)."""
         raise NotImplementedError("the job must name fedseg.deployment's site executor")
 
+    def fold_app(self, fold: int) -> SiteApp:
+        """The site app of fold ``fold``'s federation (``folds = k > 1``; built by the layer above)."""
+        raise NotImplementedError("the job must name fedseg.deployment's site executor")
+
     def arm_task(self, task: str, weights: dict, payload: object) -> object:
         """The reply to one of ``wire.ARM_TASKS`` (the site's comparison arms; built by the layer above)."""
         raise NotImplementedError("the job must name fedseg.deployment's site executor")
@@ -52,10 +56,10 @@ class FlareSiteExecutor(Executor):
             self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}", fire_event=False)
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
-            app = self._site_app(site, fl_ctx)
             model = FLModelUtils.from_shareable(shareable)
+            app = self._site_app(site, fl_ctx, wire.fold_from_wire(model.meta))
             payload = wire.payload_from_wire(task_name, model.meta, site)
-            weights = None if task_name == "join" else dict(model.params or {})
+            weights = None if task_name == "join" else wire.model_from_params(model.params or {}, model.meta)
             reply = (self.arm_task(task_name, weights, payload) if task_name in wire.ARM_TASKS
                      else app.handle(task_name, weights, payload))
             return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
@@ -64,7 +68,7 @@ class FlareSiteExecutor(Executor):
             self.log_error(fl_ctx, f"site {site}: task '{task_name}' failed: {exc}", fire_event=False)
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
 
-    def _site_app(self, site: str, fl_ctx: FLContext) -> SiteApp:
+    def _site_app(self, site: str, fl_ctx: FLContext, fold: int | None = None) -> SiteApp:
         if self._app is None:
             data = os.environ.get(DATA_ENV)
             if not data:
@@ -74,4 +78,4 @@ class FlareSiteExecutor(Executor):
             self.kit = Path(fl_ctx.get_engine().get_workspace().get_root_dir())  # the site's kit: its keys
             state_dir = self.kit / "fedseg-state" / run / site
             self._app = self.make_site_app(site, Path(data), state_dir, os.environ.get(FAULT_ENV) or None)
-        return self._app
+        return self._app if fold is None else self.fold_app(fold)

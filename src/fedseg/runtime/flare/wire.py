@@ -27,8 +27,54 @@ def round_config_from_wire(data: dict[str, Any]) -> RoundConfig:
                        local_steps=data["local_steps"], extra=dict(data["extra"]))
 
 
-def weights_model(weights: Weights, round: int | None = None, meta: dict[str, Any] | None = None) -> FLModel:
-    return FLModel(params_type=ParamsType.FULL, params=dict(weights), current_round=round, meta=meta or {})
+def weights_model(weights: Weights | list[Weights], round: int | None = None,
+                  meta: dict[str, Any] | None = None) -> FLModel:
+    """A model (or an ensemble: a list of models) as an FLModel with ``meta``."""
+    params, extra = model_params(weights)
+    return FLModel(params_type=ParamsType.FULL, params=params, current_round=round, meta={**(meta or {}), **extra})
+
+
+ENSEMBLE = "ensemble"
+"""An ensemble (the k federations of ``folds = k``) travels as one table: member i's parameter
+``name`` under ``ensemble/<i>/<name>``, and the member count in the meta under this key."""
+MAX_MEMBERS = 100
+FOLD = "fold"
+"""The meta key naming which federation (fold) of the job a task belongs to; absent: the only one."""
+
+
+def model_params(model: Weights | list[Weights] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters and extra meta of a model or an ensemble."""
+    if isinstance(model, list):
+        return ({f"{ENSEMBLE}/{i}/{name}": value for i, member in enumerate(model) for name, value in member.items()},
+                {ENSEMBLE: len(model)})
+    return dict(model or {}), {}
+
+
+def model_from_params(params: Any, meta: Any) -> Weights | list[Weights]:
+    """``model_params`` undone; ValueError for an ensemble that does not add up (hostile input)."""
+    params = _table(params)
+    count = meta.get(ENSEMBLE) if isinstance(meta, dict) else None
+    if count is None:
+        return params
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= MAX_MEMBERS:
+        raise ValueError(f"an ensemble must have 2 to {MAX_MEMBERS} members, the message says {count!r:.20}")
+    members: list[dict[str, Any]] = [{} for _ in range(count)]
+    for key, value in params.items():
+        head, index, name = (key.split("/", 2) + ["", ""])[:3]
+        if head != ENSEMBLE or not index.isdigit() or int(index) >= count or not name:
+            raise ValueError(f"parameter {key[:80]!r} names no member of a {count}-model ensemble")
+        members[int(index)][name] = value
+    if not all(members):
+        raise ValueError("a member of the ensemble has no parameters")
+    return members
+
+
+def fold_from_wire(meta: Any) -> int | None:
+    """The task's fold (None: the job has one federation); ValueError unless a whole number in range."""
+    fold = meta.get(FOLD) if isinstance(meta, dict) else None
+    if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < MAX_MEMBERS):
+        raise ValueError(f"the task's fold must be a whole number from 0 to {MAX_MEMBERS - 1}, got {fold!r:.20}")
+    return fold
 
 
 ARM_TASKS = ("arms", "share_model", "score_held")
@@ -57,8 +103,10 @@ def reply_to_wire(task: str, reply: Any) -> FLModel:
     """A site app's reply to ``task`` as an FLModel."""
     if task in PROTOCOL_TASKS:
         return FLModel(metrics={"entries": float(len(reply))}, meta={"reply": dict(reply)})
-    if task in ("he_decrypt", "share_model"):
+    if task == "he_decrypt":
         return FLModel(params_type=ParamsType.FULL, params=dict(reply))
+    if task == "share_model":
+        return weights_model(reply)
     if task == "arms":
         return FLModel(metrics={"models": float(len(reply["models"]))},
                        meta={"models": list(reply["models"]), "shared": bool(reply["shared"]),
@@ -90,8 +138,8 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
         params = model.params
         if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
             raise ValueError("the parameters must be arrays")
-        if task == "share_model":
-            return Update(weights=dict(params), n_samples=0, metrics={})
+        if task == "share_model":  # its own model or its ensemble (folds)
+            return Update(weights=model_from_params(params, meta), n_samples=0, metrics={})
         return Update(weights=dict(params), n_samples=meta["n_samples"], metrics=_table(model.metrics))
     if task == "arms":
         names, shared = _list(meta["models"]), meta["shared"]
