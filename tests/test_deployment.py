@@ -495,6 +495,13 @@ def test_external_validation_scores_a_model_at_every_site_as_its_simulation(cons
     assert {r["task"] for r in received} == {"join", "evaluate"}  # nothing trained, the model only scored
     assert all(r["verdict"] == "accepted" for r in received)
     assert "External validation: this run trained nothing" in (out / "report.md").read_text()
+    every = evaluate_deployed(model, experiment, workspace / "external-all", "all", "outside_all",  # another run
+                              consortium.kits["admin"])
+    every_simulated = evaluate_simulated(model, experiment, workspace / "external-all-simulated", "all", "outside_all")
+    assert every["external"]["cases"] == "all" and every["overall"]["n_cases"] > deployed["overall"]["n_cases"]
+    for site, summary in every_simulated["sites"].items():  # every case of every site, as simulated
+        assert every["sites"][site]["n_cases"] == summary["n_cases"] == 10, site
+        assert every["sites"][site]["mean_dice"] == pytest.approx(summary["mean_dice"], abs=1e-6), site
     with pytest.raises(UserError, match="other shapes"):  # refused at the admin's, before any site sees it
         wider = experiment_file("external_wide", rounds=1, model={"channels": [8, 16, 32]})
         evaluate_deployed(model, load_experiment(wider), workspace / "external-wide", "test", None,

@@ -211,7 +211,7 @@ def test_the_job_carries_the_model_as_arrays_and_the_coordinator_reads_them_back
 
     weights = load_external_model(trained[1] / "checkpoints" / "FL_global.pt", template)
     job = write_job(tmp_path / "job", "tiny-evaluate-FL_global", "name = 'tiny'", False, 3, Network(), COMPONENTS)
-    request = {"model": "FL_global", "file": "FL_global.pt", "bytes": 10, "sha256": "0" * 64}
+    request = {"model": "FL_global", "file": "FL_global.pt", "bytes": 10, "sha256": "0" * 64, "cases": "test"}
     add_model(job, weights, request)
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     assert server["workflows"][0]["args"] == {"experiment": "name = 'tiny'", "resume": False, "evaluate": request}
@@ -233,7 +233,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
 
 
 @settings(max_examples=200, deadline=None)
-@given(request=JSON | st.fixed_dictionaries({"model": JSON, "file": JSON, "bytes": JSON, "sha256": JSON}))
+@given(request=JSON | st.fixed_dictionaries({"model": JSON, "file": JSON, "bytes": JSON, "sha256": JSON,
+                                             "cases": JSON | st.sampled_from(["test", "all"])}))
 def test_the_jobs_evaluate_argument_is_used_only_when_it_is_one(request):
     from fedseg.external_deployment import check_request
 
@@ -241,16 +242,37 @@ def test_the_jobs_evaluate_argument_is_used_only_when_it_is_one(request):
         checked = check_request(request)
     except UserError:
         return
-    assert set(checked) == {"model", "file", "bytes", "sha256"} and len(checked["sha256"]) == 64
+    assert set(checked) == {"model", "file", "bytes", "sha256", "cases"} and len(checked["sha256"]) == 64
+    assert checked["cases"] in ("test", "all")
 
 
-def test_deployed_evaluation_refuses_all_cases_and_a_run_directory_before_connecting(trained, tmp_path):
+def test_deployed_evaluation_refuses_unknown_cases_and_a_run_directory_before_connecting(trained, tmp_path):
     from fedseg.external_deployment import evaluate_deployed
 
     experiment_file, run = trained
     experiment = parse_experiment(tomllib_load(experiment_file))
     model = run / "checkpoints" / "FL_global.pt"
-    with pytest.raises(UserError, match="simulation-only"):
-        evaluate_deployed(model, experiment, tmp_path / "out", "all", None, tmp_path / "no-kit")
+    with pytest.raises(UserError, match="--cases must be one of test, all"):
+        evaluate_deployed(model, experiment, tmp_path / "out", "train", None, tmp_path / "no-kit")
     with pytest.raises(UserError, match="never writes into one"):
         evaluate_deployed(model, experiment, run, "test", None, tmp_path / "no-kit")
+
+
+@pytest.mark.parametrize("cases", ["train", None, 1, ["all"]])
+def test_a_site_refuses_a_job_that_asks_it_to_score_other_cases(cases):
+    from fedseg.deployment import Site
+
+    with pytest.raises(TypeError, match="the cases a model is scored on"):
+        Site("name = 'x'", "run", cases)
+
+
+def test_a_scoring_job_for_all_cases_tells_the_sites(tmp_path):
+    from fedseg.deployment import COMPONENTS
+    from fedseg.runtime.flare.job import write_job
+    from fedseg.runtime.flare.provision import Network
+
+    for cases, args in (("test", {"experiment": "x", "run_name": "r"}),
+                        ("all", {"experiment": "x", "run_name": "r", "cases": "all"})):
+        job = write_job(tmp_path / cases, "r", "x", False, 1, Network(), COMPONENTS, cases=cases)
+        client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+        assert client["executors"][0]["executor"]["args"] == args

@@ -31,6 +31,7 @@ from fedseg.data.errors import DataError
 from fedseg.deployed_arms import SiteArms, score_site_models
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment, parse_experiment
+from fedseg.external import every_case_tested
 from fedseg.files import safe_name, write_text_atomic
 from fedseg.report.markdown import write_report
 from fedseg.runtime.flare.controller import FlareController
@@ -210,6 +211,8 @@ class Site(FlareSiteExecutor):
             dataset = load_site(parsed, replace(specs[site], path=Path(data)))
         except DataError as exc:
             raise UserError(f"site '{site}': {exc}") from None
+        if self.cases == "all":  # a scoring job of 'fedseg evaluate --cases all': every case is scored
+            dataset = every_case_tested(dataset)
         if os.environ.get(MAX_EPSILON_ENV):
             cap = float(os.environ[MAX_EPSILON_ENV])
             site_budget(parsed, site, cap, self.kit / "fedseg-state", state_dir.parent.name)

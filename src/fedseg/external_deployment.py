@@ -9,8 +9,9 @@ site checks it as it checks any global model and returns its pseudonymous per-ca
 Nothing is trained. The run directory (``<experiment>-evaluate-<model>`` on the coordinator) has
 the cross_site.csv, results.json and report of a simulated evaluation.
 
-Scoring all of a site's cases (``--cases all``) is simulation-only: a site decides what it scores
-from the experiment alone, and no experiment setting asks for it yet.
+With ``--cases all`` the job's site executor argument ``cases = "all"`` makes each site score
+every case it has (training and validation cases too), under pseudonyms numbered over all of them,
+as ``fedseg evaluate --cases all`` does in simulation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from fedseg.errors import UserError
 from fedseg.experiment import Experiment
-from fedseg.external import finish, load_external_model, model_name, provenance
+from fedseg.external import CASES, finish, load_external_model, model_name, provenance, unbounded
 from fedseg.files import safe_name
 from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.runtime.run_directory import RunDirectory
@@ -34,7 +35,7 @@ from fedseg.types import Weights
 
 MODEL_FILE = "fedseg_model.npz"
 """The model's arrays in the job's app/config folder (a fixed name: the job names no file)."""
-REQUEST_KEYS = {"model", "file", "bytes", "sha256"}
+REQUEST_KEYS = {"model", "file", "bytes", "sha256", "cases"}
 
 
 def evaluate_deployed(model_path: Path, experiment: Experiment, out: Path, cases: str, name: str | None,
@@ -48,19 +49,19 @@ def evaluate_deployed(model_path: Path, experiment: Experiment, out: Path, cases
     from fedseg.runtime.flare.provision import read_kit
     from fedseg.study import initial_weights
 
-    if cases != "test":
-        raise UserError("--cases all is simulation-only: a site scores its test cases in deployment; leave out --cases")
+    if cases not in CASES:
+        raise UserError(f"--cases must be one of {', '.join(CASES)}, got {cases!r}")
     if (Path(out) / "experiment.toml").exists():
         raise UserError(f"{out} already holds a run; an evaluation never writes into one: choose another --out")
     label = model_name(model_path, name)
     weights = load_external_model(model_path, initial_weights(experiment))  # refused here, before any site sees it
     kit = read_kit(admin_kit, "admin")
-    request = {"model": label, **{k: v for k, v in provenance(model_path, cases).items() if k != "cases"}}
+    request = provenance(model_path, cases) | {"model": label}
     session = admin.connect(kit)
     with tempfile.TemporaryDirectory() as scratch:
         job = write_job(Path(scratch) / run_name(experiment.name, label), run_name(experiment.name, label),
                         experiment.to_toml(), False, min_sites=experiment.deployment.needed(len(experiment.sites)),
-                        network=kit.network, components=COMPONENTS)
+                        network=kit.network, components=COMPONENTS, cases=cases)
         add_model(job, weights, request)
         job_id = admin.submit(session, job)
     ended = follow(admin_kit, session, job_id, Path(out), on_progress=lambda job: None)
@@ -98,6 +99,8 @@ def check_request(request: Any) -> dict[str, Any]:
         raise UserError("the job's 'evaluate' sha256 must be 64 hexadecimal digits")
     if isinstance(request["bytes"], bool) or not isinstance(request["bytes"], int) or request["bytes"] < 0:
         raise UserError("the job's 'evaluate' bytes must be a whole number >= 0")
+    if request["cases"] not in CASES:
+        raise UserError(f"the job's 'evaluate' cases must be one of {', '.join(CASES)}")
     return request
 
 
@@ -124,6 +127,8 @@ def score_only(coordinator: Any, request: Any) -> None:
     started = time.perf_counter()
     request = check_request(request)
     experiment = parse_text(coordinator.experiment)
+    if request["cases"] == "all":  # each site scores (and declares as test) every case it has
+        experiment = unbounded(experiment)
     job_id = coordinator.fl_ctx.get_job_id()
     config = Path(coordinator.engine.get_workspace().get_app_config_dir(job_id))
     weights = read_model(config / MODEL_FILE, initial_weights(experiment))
@@ -139,5 +144,5 @@ def score_only(coordinator: Any, request: Any) -> None:
     scores, unscored = engine.evaluate(weights)
     if unscored:
         coordinator.warning(f"no test scores from {sorted(unscored)}: {unscored}; the report leaves them out")
-    source = {"file": request["file"], "bytes": request["bytes"], "sha256": request["sha256"], "cases": "test"}
+    source = {key: request[key] for key in ("file", "bytes", "sha256", "cases")}
     finish(run_dir, experiment, request["model"], weights, scores, unscored, started, source)

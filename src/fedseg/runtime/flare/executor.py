@@ -27,14 +27,19 @@ from fedseg.runtime.flare import wire
 from fedseg.runtime.flare.processes import DATA_ENV, FAULT_ENV
 from fedseg.runtime.site_app import TASKS, SiteApp
 
+SCORED_CASES = ("test", "all")
+
 
 class FlareSiteExecutor(Executor):
-    def __init__(self, experiment: str, run_name: str = "run"):
-        if not isinstance(experiment, str) or not isinstance(run_name, str):  # the job's arguments: hostile
-            raise TypeError("the job's arguments must be the experiment text and the run name")
+    def __init__(self, experiment: str, run_name: str = "run", cases: str = "test"):
+        if not isinstance(experiment, str) or not isinstance(run_name, str) or cases not in SCORED_CASES:
+            raise TypeError("the job's arguments must be the experiment text, the run name and the cases a "
+                            f"model is scored on ({' or '.join(SCORED_CASES)})")  # the job's arguments: hostile
         super().__init__()
         self.experiment = experiment
         self.run_name = run_name
+        self.cases = cases
+        """``all``: a scoring job (``fedseg evaluate --cases all``) scores every case of the site."""
         self._app: SiteApp | None = None
         self.kit = Path()
 

@@ -31,10 +31,11 @@ PROGRESS_FILE = "fedseg_progress.json"
 
 
 def write_job(folder: Path, name: str, experiment: str, resume: bool, min_sites: int, network: Network,
-              components: Components) -> Path:
+              components: Components, cases: str = "test") -> Path:
     """Write the job into ``folder``; ``min_sites`` sites must be online for FLARE to start it.
     The project's ``network`` timings go into the job too: FLARE reads the task polling interval
-    from the job's own settings (2 s when absent, the largest share of a round's overhead)."""
+    from the job's own settings (2 s when absent, the largest share of a round's overhead). ``cases``:
+    what a scoring job's sites score (``all``: every case, for ``fedseg evaluate --cases all``)."""
     config = Path(folder) / "app" / "config"
     config.mkdir(parents=True, exist_ok=True)
     meta = {"name": name, "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": min_sites}
@@ -47,7 +48,7 @@ def write_job(folder: Path, name: str, experiment: str, resume: bool, min_sites:
     client = {"format_version": 2, "components": [], "default_task_fetch_interval": network.task_poll_interval_s,
               "executors": [
         {"tasks": [*TASKS, *ARM_TASKS], "executor": {"path": components.executor, "args": {
-            "experiment": experiment, "run_name": name}}}]}
+            "experiment": experiment, "run_name": name, **({"cases": cases} if cases != "test" else {})}}}]}
     (Path(folder) / "meta.json").write_text(json.dumps(meta, indent=2))
     (config / "config_fed_server.json").write_text(json.dumps(server, indent=2))
     (config / "config_fed_client.json").write_text(json.dumps(client, indent=2))
