@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from fedseg.data.acquisition import recontrast
 from fedseg.data.errors import DataError, Problem
 from fedseg.data.loading import LoadedCase, load_case
+from fedseg.data.nnunet import task_problems
 from fedseg.data.partition import shard_cases
 from fedseg.data.preprocessing import Preprocessing, deterministic_transforms, random_transforms
 from fedseg.data.readers import MAX_VALUES_ENV, max_values
@@ -45,7 +46,7 @@ class SiteDataset:
             cases = shard_cases(cases, *spec.shard, seed=seed)
         by_split = assign_splits(cases, fractions, seed, spec.name)
         # split problems are reported together with the problems of the files, not on their own
-        problems: list[Problem] = self._check_splits(spec, by_split, fractions)
+        problems: list[Problem] = self._check_splits(spec, by_split, fractions) + task_problems(spec.path, own)
 
         loaded: dict[str, list[LoadedCase]] = {s: [] for s in SPLITS}
         for split, split_cases in by_split.items():

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedseg.data.errors import DataError, Problem
 from fedseg.data.loading import load_case
+from fedseg.data.nnunet import task_problems
 from fedseg.data.readers import NIFTI_SUFFIXES, ReadError, read_volume
 from fedseg.data.site import discover_cases
 from fedseg.data.task import Task
@@ -54,7 +55,9 @@ def inspect_site(path: Path, labels: dict[str, int] | None = None, spatial_dims:
         inspection.problems.extend(exc.problems)
         return inspection
     dims = spatial_dims or (3 if cases[0].image.name.lower().endswith(NIFTI_SUFFIXES) else 2)
-    task = Task(labels or {"background": 0, "foreground": 1}, dims, in_channels or _channels(cases[0].image, dims))
+    task = Task(labels or {"background": 0, "foreground": 1}, dims, in_channels or len(cases[0].channels) or _channels(cases[0].image, dims))
+    if labels is not None:  # dataset.json of an nnU-Net site, against the declared labels
+        inspection.problems.extend(task_problems(Path(path), task))
     for case in cases:
         loaded, problems = load_case(case, task, check_declared=labels is not None)
         inspection.problems.extend(problems)

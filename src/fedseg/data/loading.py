@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedseg.data.case_files import AFFINE_TOLERANCE, Case, read_image
 from fedseg.data.errors import Problem
 from fedseg.data.readers import IMAGE_2D_SUFFIXES, ReadError, Volume, read_volume
-from fedseg.data.site import Case
 from fedseg.data.task import Task
 
-AFFINE_TOLERANCE = 1e-3  # mm; image and label must share a grid to this precision
 BINARISE_THRESHOLD = 128
 
 
@@ -42,7 +41,7 @@ def load_case(case: Case, task: Task, check_declared: bool = True) -> tuple[Load
     # Every check runs whatever else is wrong with the case, so that all of its problems are
     # reported at once (e.g. a label on the wrong grid that also holds undeclared values).
     problems: list[Problem] = []
-    image = _read(case.image, task, problems)
+    image = read_image(case.image_files, task.spatial_dims, problems)
     label = _read(case.label, task, problems)
 
     image_array = None

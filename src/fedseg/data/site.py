@@ -1,33 +1,28 @@
-"""Find a site's cases: an ``images/`` + ``labels/`` folder pair, or a CSV manifest.
+"""Find a site's cases: a folder in one of the layouts below, or a CSV manifest.
 
-A manifest has a header ``image,label[,split]``; relative paths are relative to the CSV's folder.
-A case name (the image's file name without suffix) ends up in results, CSV files and reports, so a
-name that is not printable UTF-8 (bytes of another encoding, control characters) is a problem of
-that case: the user renames the file, rather than fedseg guessing an encoding.
+- ``images/`` + ``labels/`` (or ``masks/``, as most public 2D sets come): files of the same case
+  name pair up;
+- ``imagesTr/`` + ``labelsTr/`` + ``dataset.json``: nnU-Net v2 / Decathlon (``data.nnunet``);
+- a CSV manifest with a header ``image,label[,split]``; relative paths are relative to its folder.
+
+A folder that could be read in two ways (``labels/`` and ``masks/``, or ``images/`` beside
+``imagesTr/``) is a problem the user settles, not a guess.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
+from fedseg.data.case_files import SPLITS, Case, bad_name, files_by_case
 from fedseg.data.errors import DataError, Problem
-from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name, is_supported
-from fedseg.errors import printable
+from fedseg.data.nnunet import FOLDERS as NNUNET_FOLDERS
+from fedseg.data.nnunet import is_nnunet, nnunet_cases
+from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "Case", "discover_cases"]
 _EXTRA = "\0extra"  # DictReader key for values beyond the header's columns
-
-
-@dataclass(frozen=True)
-class Case:
-    """One image and its label file; ``split`` is set when a manifest fixes it."""
-
-    name: str
-    image: Path
-    label: Path
-    split: str | None = None
+LABEL_FOLDERS = ("labels", "masks")
 
 
 def discover_cases(site: str, path: Path) -> list[Case]:
@@ -49,53 +44,34 @@ def discover_cases(site: str, path: Path) -> list[Case]:
 
 
 def _from_folders(root: Path) -> tuple[list[Case], list[Problem]]:
+    label_folders = [name for name in LABEL_FOLDERS if (root / name).is_dir()]
+    if is_nnunet(root):
+        plain = [name for name in ("images", *label_folders) if (root / name).is_dir()]
+        if plain:
+            return [], [Problem(root, f"holds both {'/ and '.join(NNUNET_FOLDERS)}/ (nnU-Net layout) and "
+                                      f"{'/ and '.join(plain)}/: keep one layout (move the other out)")]
+        return nnunet_cases(root)
+    if len(label_folders) > 1:
+        return [], [Problem(root, "holds both labels/ and masks/: which are the labels? Keep one folder "
+                                  "(move or rename the other)")]
     problems: list[Problem] = []
     folders = {}
-    for kind in ("images", "labels"):
+    for kind in ("images", label_folders[0] if label_folders else "labels"):
         folder = root / kind
         if not folder.is_dir():
-            problems.append(Problem(folder, f"missing folder: a site folder needs images/ and labels/"))
+            problems.append(Problem(folder, "missing folder: a site folder needs images/ and labels/ (or masks/), "
+                                            "or the nnU-Net layout imagesTr/ and labelsTr/"))
             continue
-        folders[kind] = _files_by_case(folder, problems)
+        folders[kind] = files_by_case(folder, problems)
     if len(folders) < 2:  # without both folders, every file would be reported as unpaired
         return [], problems
-    images, labels = folders["images"], folders["labels"]
+    (_, images), (kind, labels) = folders.items()
     for name in sorted(images.keys() - labels.keys()):
-        problems.append(Problem(images[name], f"image without label: expected {root / 'labels' / images[name].name}"))
+        problems.append(Problem(images[name], f"image without label: expected {root / kind / images[name].name}"))
     for name in sorted(labels.keys() - images.keys()):
         problems.append(Problem(labels[name], f"label without image: expected {root / 'images' / labels[name].name}"))
     cases = [Case(n, images[n], labels[n]) for n in sorted(images.keys() & labels.keys())]
     return cases, problems
-
-
-def _files_by_case(folder: Path, problems: list[Problem]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        if not is_supported(path):
-            problems.append(Problem(path, f"unsupported file type; use {', '.join(SUPPORTED_SUFFIXES)} "
-                                          "or move the file out of the site folder"))
-            continue
-        name = case_name(path)
-        if (bad := _bad_name(name)) is not None:
-            problems.append(Problem(path, bad))
-            continue
-        if name in files:
-            problems.append(Problem(path, f"two files for case '{name}' (also {files[name].name}); keep one"))
-            continue
-        files[name] = path
-    return files
-
-
-def _bad_name(name: str) -> str | None:
-    """Why ``name`` cannot name a case, or None."""
-    if not name:
-        return "the file name is only a suffix; give the case a name"
-    if printable(name) != name:
-        return (f"the file name '{printable(name)}' is not printable UTF-8 (shown with backslash escapes); "
-                "rename the file (and its image or label partner) using UTF-8 letters, digits, '-' and '_'")
-    return None
 
 
 def _from_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
@@ -135,7 +111,7 @@ def _read_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
             image = (manifest.parent / row["image"]).resolve()
             label = (manifest.parent / row["label"]).resolve()
             name = case_name(image)
-            if (bad := _bad_name(name)) is not None:
+            if (bad := bad_name(name)) is not None:
                 problems.append(Problem(image, f"{bad} (listed at {where})"))
                 continue
             if name in seen:
