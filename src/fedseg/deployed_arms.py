@@ -110,7 +110,6 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
     sites = [spec.name for spec in experiment.sites]
     expected = {site: site_models(experiment, site) for site in sites}
     held: dict[str, bool] = {}  # site -> shares its models
-    failed: dict[str, str] = {}
 
     rounds, timeout = experiment.federation.rounds, engine.policy.round_timeout
 
@@ -128,9 +127,8 @@ def score_site_models(engine: RoundEngine, experiment: Experiment, fl_global: We
             arm.append_metrics(points)
             Tracked(None, experiment.tracking, experiment.name, experiment.to_dict(), arm.root, rounds).replay(points)
 
-    engine.dispatcher.dispatch("arms", fl_global, {s: {"resume": resume} for s in sites if expected[s]
-                                                   and s in engine.dispatcher.available()},
-                               engine._handler("arms", trained, failed), timeout * (rounds + 1))
+    failed = engine.ask(None, fl_global, timeout * (rounds + 1))(  # a site trains up to rounds + 1 rounds' worth
+        "arms", {s: {"resume": resume} for s in sites if expected[s] and s in engine.dispatcher.available()}, trained)
     scores: dict[str, dict[str, list[CaseMetrics]]] = {}
     unscored: dict[str, str] = {}
     for prefix in ("FL_local", "standalone"):
@@ -176,7 +174,7 @@ def _ask(engine: RoundEngine, task: str, owner: str, name: str) -> tuple[Any, st
     """One model's ``task`` sent to its owner: (reply, None) or (None, why not)."""
     got: dict[str, Any] = {}
     payloads = {owner: {"model": name}} if owner in engine.dispatcher.available() else {}
-    failed = engine._ask(None)(task, payloads, got.__setitem__)  # a protocol phase: audited, checked, timed out
+    failed = engine.ask(None)(task, payloads, got.__setitem__)  # a protocol phase: audited, checked, timed out
     return got.get(owner), None if owner in got else failed.get(owner, "offline or did not answer")
 
 

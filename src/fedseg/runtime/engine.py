@@ -30,7 +30,7 @@ from fedseg.runtime.intake import (MEMBERSHIP_METRICS, VALIDATE_METRICS, GuardCo
                                    check_declaration, check_metrics)
 from fedseg.runtime.records import round_records
 from fedseg.runtime.round_policy import RoundPolicy
-from fedseg.runtime.secure_sum import SecureSum
+from fedseg.runtime.secure_sum import Ask, SecureSum
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import CaseMetrics, Update, Weights
 
@@ -138,7 +138,7 @@ class RoundEngine:
             try:
                 if self.secure is not None:  # extra phases before training; the sum replaces the plan's aggregation
                     configs, intake.aggregation = self.secure.begin(self.plan, round, sent, configs,
-                                                                    self.declared, self._ask(round))
+                                                                    self.declared, self.ask(round))
                 on_update = self._handler("train", take, intake.rejected, round)
                 self.dispatcher.dispatch("train", sent, configs, on_update, self.policy.round_timeout)
                 (new_weights, guarded), problem = intake.finish(), None
@@ -217,12 +217,13 @@ class RoundEngine:
             problems[site] = "offline or did not answer"
         return dict(sorted(scores.items())), problems
 
-    def _ask(self, round: int) -> Callable[[str, dict[str, Any], Callable[[str, Any], None]], dict[str, str]]:
-        """``ask(task, payloads, use)``: a protocol phase (secure sums); the reasons of sites that failed it."""
+    def ask(self, round: int | None, weights: Any = None, timeout: int | None = None) -> Ask:
+        """``ask(task, payloads, use)``: a protocol phase (secure sums, a deployed site's arms) sending
+        ``weights``, audited and checked like every reply; the reasons of sites that failed it."""
         def ask(task: str, payloads: dict[str, Any], use: Callable[[str, Any], None]) -> dict[str, str]:
             failures: dict[str, str] = {}
-            self.dispatcher.dispatch(task, None, payloads, self._handler(task, use, failures, round),
-                                     self.policy.round_timeout)
+            self.dispatcher.dispatch(task, weights, payloads, self._handler(task, use, failures, round),
+                                     self.policy.round_timeout if timeout is None else timeout)
             return failures
         return ask
 
