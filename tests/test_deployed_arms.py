@@ -152,7 +152,9 @@ def test_a_learning_curve_becomes_the_sites_metrics_records():
     ([{"round": 2}], "in 0..1"),
     ([{"round": True}], "distinct and in"),
     ([{"round": 0}] * 3, "at most 2 rounds"),
-    ([{"round": 0, "val_dice": 1.5}], "val_dice must be a number in"),
+    ([{"round": 0, "val_dice": 1.5}], "'val_dice' = 1.5 is not a finite number in"),
+    ([{"round": 0, "train_loss": float("inf")}], "'train_loss' = inf"),
+    ([{"round": 0, "global_val_dice": "0.5"}], "must be a number"),
     ([{"round": 0, "train_loss": float("nan")}], "train_loss"),
     ([{"round": 0, "case": "patient-7"}], "round and train_loss"),  # nothing else leaves the site
     ({"round": 0}, "a list"),

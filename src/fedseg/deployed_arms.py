@@ -23,7 +23,7 @@ from fedseg.errors import UserError
 from fedseg.experiment import Experiment
 from fedseg.plans.checks import UpdateRejected, check_weights
 from fedseg.runtime.engine import RoundEngine
-from fedseg.runtime.intake import check_cases
+from fedseg.runtime.intake import TRAIN_METRICS, VALIDATE_METRICS, check_cases, check_metrics
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.runtime.site_app import SiteApp
 from fedseg.runtime.tracking import Tracked
@@ -32,9 +32,10 @@ from fedseg.types import CaseMetrics, Update, Weights
 
 SHARE_CHOICES = ("score", "none")
 """``fedseg site --share-models``: hand models to the coordinator for scoring elsewhere, or not."""
-CURVE_METRICS = {"train_loss": (0.0, math.inf), "val_dice": (0.0, 1.0), "global_val_dice": (0.0, 1.0)}
+CURVE_METRICS = {**{key: TRAIN_METRICS[key] for key in ("train_loss", "val_dice")}, **VALIDATE_METRICS}
 """All of a standalone model's training record that leaves its site: these scalars per round, with
-their ranges (the report's learning curves, written to ``arms/<model>/metrics.jsonl`` as in simulation)."""
+their ranges as the intake checks them in a training reply (the report's learning curves, written to
+``arms/<model>/metrics.jsonl`` as in simulation)."""
 
 
 def site_models(experiment: Experiment, site: str) -> list[str]:
@@ -162,11 +163,9 @@ def check_curve(points: Any, site: str, rounds: int) -> list[dict[str, Any]]:
         if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < rounds or round in seen:
             raise UpdateRejected(f"a learning curve's round must be distinct and in 0..{rounds - 1}, got {round!r}")
         seen.add(round)
-        for key, (low, high) in CURVE_METRICS.items():
-            value = point.get(key, low)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf \
-                    or value > high:
-                raise UpdateRejected(f"learning curve: {key} must be a number in [{low}, {high}], got {value!r}")
+        metrics = check_metrics({key: value for key, value in point.items() if key != "round"}, CURVE_METRICS)
+        if bad := [key for key, value in metrics.items() if not math.isfinite(value)]:  # NaN Dice: dropped at the site
+            raise UpdateRejected(f"learning curve: {', '.join(bad)} must be finite (a site leaves such values out)")
     return [{**point, "site": site} for point in points]
 
 
