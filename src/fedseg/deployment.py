@@ -185,7 +185,6 @@ class Coordinator(FlareController):
         write_report(run_dir.root)
         track_results(experiment, run_dir)  # MLflow, when the experiment names a server: the coordinator only
 
-
     @staticmethod
     def check_delta(experiment: Experiment, declared: dict[str, dict[str, int]]) -> None:
         """Sample-level DP's delta against each site's declared training cases (said here: a site's
