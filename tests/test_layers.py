@@ -15,7 +15,8 @@ LAYERS = [
     {"runtime"},
     {"evaluation", "report"},
     {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli",
-     "cli_deployment", "sweep", "sweep_report", "deployed_arms", "external", "external_deployment"},
+     "cli_deployment", "sweep", "sweep_report", "deployed_arms", "external", "external_deployment", "predict",
+     "predictor", "cli_predict"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -1,4 +1,4 @@
-"""``fedseg`` command line: demo, simulate, data check, compare, sweep, report; and for real runs
+"""``fedseg`` command line: demo, simulate, data check, compare, sweep, report, predict; and for real runs
 across institutions (``cli_deployment``): provision, server, site, submit, status."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedseg.cli_deployment import add_commands as add_deployment_commands
+from fedseg.cli_predict import add_command as add_predict_command
 from fedseg.errors import UserError
 
 console = Console()
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=_report)
     add_deployment_commands(commands, lambda: console)  # read at call time: tests may replace the console
+    add_predict_command(commands, lambda: console)
     return parser
 
 

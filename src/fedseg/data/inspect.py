@@ -55,7 +55,8 @@ def inspect_site(path: Path, labels: dict[str, int] | None = None, spatial_dims:
         inspection.problems.extend(exc.problems)
         return inspection
     dims = spatial_dims or (3 if cases[0].image.name.lower().endswith(NIFTI_SUFFIXES) else 2)
-    task = Task(labels or {"background": 0, "foreground": 1}, dims, in_channels or len(cases[0].channels) or _channels(cases[0].image, dims))
+    channels = in_channels or len(cases[0].channels) or _channels(cases[0].image, dims)  # nnU-Net: a file each
+    task = Task(labels or {"background": 0, "foreground": 1}, dims, channels)
     if labels is not None:  # dataset.json of an nnU-Net site, against the declared labels
         inspection.problems.extend(task_problems(Path(path), task))
     for case in cases:

@@ -63,8 +63,9 @@ def nnunet_cases(root: Path) -> tuple[list[Case], list[Problem]]:
     images, named = group_channels(listed["imagesTr"], meta.channels if meta else None, problems)
     labels = listed["labelsTr"]
     for name in sorted(images.keys() - labels.keys()):
-        problems.append(Problem(images[name][0], f"image without label: expected {root / 'labelsTr'}/{name}"
-                                                 f"{_ending(images[name][0], name, case_name(images[name][0]) != name)}"))
+        first = images[name][0]
+        ending = _ending(first, name, case_name(first) != name)
+        problems.append(Problem(first, f"image without label: expected {root / 'labelsTr'}/{name}{ending}"))
     for name in sorted(labels.keys() - named):  # a case whose channels are wrong is reported once
         problems.append(Problem(labels[name], f"label without image: expected {root / 'imagesTr'}/{name}_0000"
                                               f"{_ending(labels[name], name)} (one file per channel)"))

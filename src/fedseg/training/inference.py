@@ -1,4 +1,5 @@
-"""Whole-image prediction: sliding windows of the training patch size, or one forward pass."""
+"""Whole-image prediction: sliding windows of the training patch size, or one forward pass; the
+label maps of one model or of an ensemble (evaluation, pictures of results and ``fedseg predict``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from fedseg.training.losses import logits_to_probabilities
+from fedseg.training.config import TrainingConfig
+from fedseg.training.devices import Precision, reproducible
+from fedseg.training.losses import logits_to_probabilities, probabilities_to_labels
+from fedseg.training.weights import set_weights
+from fedseg.types import Weights
 
 
 @torch.no_grad()
@@ -26,3 +31,20 @@ def predict_logits(network: nn.Module, image: torch.Tensor, roi_size: tuple[int,
         return torch.as_tensor(network(batch))
     return torch.as_tensor(sliding_window_inference(batch, roi_size, sw_batch_size, network, overlap=overlap,
                                                     mode="gaussian"))
+
+
+def predict_labels(network: nn.Module, members: list[Weights | None], images: list[torch.Tensor],
+                   config: TrainingConfig, roi_size: tuple[int, ...] | None,
+                   device: torch.device) -> list[torch.Tensor]:
+    """Class-index maps ``[1, *spatial]`` of ``images``: one model's (``[None]``: the network as it
+    is), or the argmax of an ensemble's mean probabilities (each member's weights set in turn)."""
+    sums: list[torch.Tensor | None] = [None] * len(images)
+    with reproducible(device), Precision(device, config.amp).autocast():
+        for member in members:
+            if member is not None:
+                set_weights(network, member)
+            for i, image in enumerate(images):
+                p = predict_probabilities(network, image.to(device), config.loss, roi_size,
+                                          config.sw_batch_size, config.sw_overlap).float().cpu()
+                sums[i] = p if sums[i] is None else sums[i] + p
+    return [probabilities_to_labels(s[None] / len(members), config.loss)[0] for s in sums]

@@ -23,9 +23,9 @@ from fedseg.models.registry import ModelConfig, build_network
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
 from fedseg.training.devices import Precision, reproducible, site_training
-from fedseg.training.inference import predict_logits, predict_probabilities
+from fedseg.training.inference import predict_labels, predict_logits
 from fedseg.training.local_norm import LocalNorm
-from fedseg.training.losses import build_loss, output_channels, probabilities_to_labels
+from fedseg.training.losses import build_loss, output_channels
 from fedseg.training.metrics import case_metrics
 from fedseg.training.round_state import RoundFiles, round_of
 from fedseg.training.scaffold import SiteControls
@@ -184,17 +184,8 @@ class SiteTrainer:
         """Label maps of ``cases``: one model's (None: the network as it is), or the argmax of an
         ensemble's mean probabilities."""
         members = weights if isinstance(weights, list) else [weights]
-        sums: list[torch.Tensor | None] = [None] * len(cases)
-        with reproducible(self.device), Precision(self.device, self.config.amp).autocast():
-            for member in members:
-                if member is not None:
-                    set_weights(self.network, member)
-                for i, case in enumerate(cases):
-                    image = case["image"].to(self.device)
-                    p = predict_probabilities(self.network, image, self.config.loss, self.roi_size,
-                                              self.config.sw_batch_size, self.config.sw_overlap).float().cpu()
-                    sums[i] = p if sums[i] is None else sums[i] + p
-        return [probabilities_to_labels(s[None] / len(members), self.config.loss)[0] for s in sums]
+        return predict_labels(self.network, members, [case["image"] for case in cases], self.config,
+                              self.roi_size, self.device)
 
     def _score(self, case: dict, prediction: torch.Tensor, with_distances: bool) -> CaseMetrics:
         spacing = case["spacing"] or (1.0,) * self.data.task.spatial_dims
