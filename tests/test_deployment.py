@@ -532,6 +532,54 @@ def test_sites_that_die_mid_run_are_dropped_and_the_run_finishes(consortium, exp
 
 
 @pytest.mark.slow
+def test_a_site_killed_and_restarted_rejoins_the_running_job(consortium, experiment_file, workspace):
+    import torch
+
+    for site in consortium.sites:  # sites the drop-out test killed come back
+        if site not in consortium.processes:
+            consortium.start_site(site)
+    consortium.wait_online(set(consortium.sites))
+    rounds, site = 6, "hospital_a"
+    experiment = experiment_file("rejoin", rounds=rounds, training={"local_steps": 10, "optimizer_state": "keep"},
+                                 deployment={"round_timeout": 150, "min_responses": 1})
+    session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
+    wait_for_round(consortium, "rejoin", 1)
+    for pid in consortium.job_processes(site):  # the whole site, as a machine that dies: its job process
+        os.kill(pid, signal.SIGKILL)  # (left alone, it would finish its task first)
+    consortium.kill(site)  # and its daemon
+    state = consortium.kits[site] / "fedseg-state" / "rejoin" / site
+    steps_before = int(torch.load(max(state.glob("optimizer_round_*.pt")), weights_only=True)["state"][0]["step"])
+    consortium.wait_offline(site)
+    wait_for_round(consortium, "rejoin", 2)  # without the site
+    # the other sites' job processes pause while the site starts again, so that the run cannot end
+    # first on any machine (their daemons still report their jobs: the coordinator waits for them)
+    paused = [pid for other in ("hospital_b", "hospital_c") for pid in consortium.job_processes(other)]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    log, ready = consortium.logs / f"{site}.log", "client runner started"  # FLARE's line: a job process is up
+    started_before = log.read_text().count(ready)
+    consortium.start_site(site)
+    deadline = time.monotonic() + 120
+    while log.read_text().count(ready) == started_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in paused:
+        os.kill(pid, signal.SIGCONT)
+    assert log.read_text().count(ready) > started_before, f"the job did not start again at {site}: {log}"
+    ended = follow(consortium.kits["admin"], session, job_id, workspace / "rejoin-deployed",
+                   on_progress=lambda job: None)
+    assert ended["state"] == "finished", ended
+    metrics = RunDirectory(workspace / "rejoin-deployed").read_metrics()
+    trained = {r: {m["site"] for m in metrics if m["round"] == r and "train_loss" in m} for r in range(rounds)}
+    assert site in trained[1] and site not in trained[2]
+    assert site in next(m for m in metrics if m["round"] == 2)["missing_sites"]
+    back = [r for r in range(3, rounds) if site in trained[r]]
+    assert back and back == list(range(back[0], rounds)) and back[0] <= 4, trained  # the round after it is back
+    steps_after = sum(m["steps"] for m in metrics if m["site"] == site and m["round"] >= back[0])
+    last = max(state.glob("optimizer_round_*.pt"))
+    assert int(torch.load(last, weights_only=True)["state"][0]["step"]) == steps_before + steps_after  # resumed
+
+
+@pytest.mark.slow
 def test_coordinator_killed_mid_run_resumes_after_restart(consortium, experiment_file, workspace):
     for site in consortium.sites:  # sites the drop-out test killed come back
         if site not in consortium.processes:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nvflare.apis.client import Client
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
@@ -30,6 +31,9 @@ from fedseg.runtime.flare.job import DEPLOYMENT_FILE, PROGRESS_FILE
 from fedseg.runtime.flare.processes import RUNS_ENV
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import Weights
+
+SITE_SYNC_INTERVAL_S = 1.0
+"""How often the job process asks the coordinator's main process for its sites' tokens (``sync_sites``)."""
 
 
 class FlareController(ModelController):
@@ -65,9 +69,33 @@ class FlareController(ModelController):
     # -- the dispatcher ----------------------------------------------------------------------------
     def available(self) -> set[str]:
         """Sites connected and not found dead by FLARE (a site whose job process died stays
-        connected, but it cannot work in this job any more)."""
+        connected, but it cannot work in this job any more; one restarted whole is given the job
+        again by the coordinator, ``server_process``, and is back once its job process asks for work)."""
+        self.sync_sites()
         return {client.name for client in self.engine.get_clients()
                 if self.get_client_disconnect_time(client.name) is None}
+
+    _sites_synced = float("-inf")
+    _job_sites: frozenset[str] | None = None
+
+    def sync_sites(self) -> None:
+        """Take the job's sites' current tokens from the coordinator's main process, at most once
+        a second: a site restarted whole comes back under a new token, and FLARE's job process
+        learnt the tokens once, at its start (it refuses a request under a token it does not
+        know). Only the sites the job started with are taken."""
+        now = time.monotonic()
+        fetch = getattr(self.engine, "_retrieve_clients_data", None)  # FLARE's own request (ServerEngine)
+        manager = getattr(self.engine, "client_manager", None)
+        if now - self._sites_synced < SITE_SYNC_INTERVAL_S or fetch is None or manager is None:
+            return
+        self._sites_synced = now
+        if self._job_sites is None:
+            self._job_sites = frozenset(client.name for client in manager.clients.values())
+        clients = fetch(self.fl_ctx.get_job_id())
+        if (isinstance(clients, dict) and clients
+                and all(isinstance(c, Client) and token == c.token and c.name in self._job_sites
+                        for token, c in clients.items())):
+            manager.set_clients(dict(clients))
 
     def dispatch(self, task: str, weights: Weights | None, payloads: dict[str, Any], on_reply: ReplyHandler,
                  timeout: int) -> None:
@@ -102,6 +130,7 @@ class FlareController(ModelController):
         while not all_in.is_set() and self.get_num_standing_tasks():
             if self.abort_signal.triggered:
                 raise RunStopped("the job was aborted")
+            self.sync_sites()  # a target restarted whole answers under a new token (FLARE resends it the task)
             all_in.wait(self._task_check_period)
 
     def wait_for(self, sites: set[str], timeout: int) -> None:

@@ -93,7 +93,8 @@ def _write_authorization(kit: Kit) -> None:
 
 
 def server_command(kit: Kit) -> list[str]:
-    return [sys.executable, "-u", "-m", "nvflare.private.fed.app.server.server_train", "-m", str(kit.root),
+    """FLARE's server, with a site restarted mid-job given its job again (``server_process``)."""
+    return [sys.executable, "-u", "-m", "fedseg.runtime.flare.server_process", "-m", str(kit.root),
             "-s", "fed_server.json", "--set", "secure_train=true", f"org={kit.org}", "config_folder=config"]
 
 
