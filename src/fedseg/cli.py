@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data utilities").add_subparsers(metavar="ACTION")
     check = data.add_parser("check", help="read a site and report cases, shapes, intensities, labels, errors")
-    check.add_argument("site", type=Path, help="site folder (images/ + labels/) or CSV manifest")
+    check.add_argument("site", type=Path, help="site folder (images/ + labels/ or masks/, or nnU-Net's imagesTr/ + "
+                                               "labelsTr/) or CSV manifest")
     check.add_argument("--labels", help="declared label values, e.g. background=0,liver=1")
     check.add_argument("--dims", type=int, choices=(2, 3), help="spatial dimensions (default: from the files)")
     check.set_defaults(handler=_data_check)
