@@ -7,8 +7,10 @@ untrained: the cost does not depend on the weights); the input a 32 x 44 x 32 LP
 (resampled to 48 x 66 x 48 and padded). Figures are the median seconds per image over ``--images``
 images after one warm-up image.
 
-Measured 2026-11-26 on 2 shared CPU cores (torch CPU, load average ~18 from other jobs): see the
-report of issue 9 part A; the ratio is what to compare across machines.
+Measured 2026-11-26 on 2 shared CPU cores (torch CPU, load average 11-18 from other jobs, so
+noisy): 3 images: 3.75 s/image whole against 2.98 s network alone (ratio 1.26); 5 images: 2.50
+against 3.13 (0.80: the load changed between the two timings). --quick (tiny U-Net, whole image):
+0.84 against 0.25 s (3.4: MONAI's resampling there and back dominates when the network is tiny).
 
 Run:  .venv/bin/python benchmarks/predict_overhead.py [--images 5] [--device cpu]
       .venv/bin/python benchmarks/predict_overhead.py --quick     # a smoke run (tiny U-Net, 2 images)

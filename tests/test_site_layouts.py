@@ -132,6 +132,7 @@ def test_a_folder_readable_two_ways_is_a_problem_not_a_guess(tmp_path, extra):
 @pytest.mark.parametrize("content, expected", [
     (b"[1, 2]", "not an object"),
     (b"{not json", "not a JSON file"),
+    (b'{"labels": {"background": ' + b"9" * 5000 + b"}}", "not a JSON file"),
     (json.dumps({"labels": {"background": 0, "whole": [1, 2]}}).encode(), "region-based labels"),
     (json.dumps({"labels": {"background": "zero"}}).encode(), "labels must map class names"),
     (json.dumps({"channel_names": {"1": "T2"}}).encode(), "channel_names must map"),
