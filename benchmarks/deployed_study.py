@@ -77,7 +77,7 @@ def compare(deployed: Path, simulated: Path) -> None:
     print(f"largest difference of a matrix cell: {cell_gap:.2e}")
     print("\npaired tests (deployed | simulated)")
     for d, s in zip(results["deployed"]["comparisons"], results["simulated"]["comparisons"]):
-        label = f"{d['model']} - {d['reference']} at {d['site']} ({d['n_pairs']} cases)"
+        label = f"{d['reference']} - {d['model']} at {d['site']} ({d['n_pairs']} cases)"  # results' sign
         print(f"  {label:<60} diff {d.get('mean_difference', float('nan')):+.4f} | "
               f"{s.get('mean_difference', float('nan')):+.4f}  Wilcoxon p {d.get('wilcoxon_p', float('nan')):.2g} | "
               f"{s.get('wilcoxon_p', float('nan')):.2g}")
