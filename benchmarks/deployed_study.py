@@ -13,7 +13,7 @@ The README's "Running across institutions" reports a run of this script on
 ``examples/hippocampus_sarma_arms.toml`` (arms federated + standalone; the centralized arm is
 simulation-only). It prints numbers; it never asserts on time.
 
-Run:  .venv/bin/python benchmarks/deployed_study.py EXPERIMENT.toml [--rounds N] [--folds K] [--keep DIR]
+Run:  .venv/bin/python benchmarks/deployed_study.py EXPERIMENT.toml [--rounds N] [--folds K] [--threads N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's local-consortium helper
 
 from consortium_harness import Consortium  # noqa: E402
+
+
+class ThreadedConsortium(Consortium):
+    """Sites started with ``fedseg site --threads N`` (the README's advice for sites sharing one machine)."""
+
+    def __init__(self, *args, threads: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threads = threads
+
+    def _start(self, key: str, args: list[str]):
+        threads = ["--threads", str(self.threads)] if self.threads and args[0] == "site" else []
+        return super()._start(key, [*args, *threads])
 
 from fedseg.consortium import follow, submit  # noqa: E402
 from fedseg.experiment import Experiment, load_experiment  # noqa: E402
@@ -89,6 +101,7 @@ def main() -> None:
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--rounds", type=int, help="override [federation] rounds (each arm gets as many)")
     parser.add_argument("--folds", type=int, help="override [federation] folds")
+    parser.add_argument("--threads", type=int, help="fedseg site --threads N for every site (default: torch's own)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR (a new folder) and keep it")
     args = parser.parse_args()
     experiment = deployable_version(load_experiment(args.experiment), args.rounds, args.folds)
@@ -97,7 +110,7 @@ def main() -> None:
     with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp).resolve()
         sites = {spec.name: Path(spec.path) for spec in experiment.sites}
-        consortium = Consortium(workdir, sites, name="study")
+        consortium = ThreadedConsortium(workdir, sites, name="study", threads=args.threads)
         consortium.start_all(timeout=300)
         try:
             session, job_id = submit(experiment, consortium.kits["admin"], announce=lambda text: None)
@@ -114,8 +127,8 @@ def main() -> None:
         simulated_s = time.perf_counter() - started
         print(f"{experiment.name}: arms {experiment.arms}, {experiment.federation.rounds} rounds, "
               f"folds {experiment.federation.folds}, {len(sites)} sites")
-        print(f"wall time: deployed {deployed_s:.0f} s, simulated {simulated_s:.0f} s, ratio "
-              f"{deployed_s / simulated_s:.2f} (all processes on this machine's cores)")
+        print(f"wall time: deployed {deployed_s:.0f} s (sites' torch threads: {args.threads or 'default'}), simulated "
+              f"{simulated_s:.0f} s, ratio {deployed_s / simulated_s:.2f} (all processes on this machine's cores)")
         print(f"largest difference of FL_global's weights, deployed vs simulated: "
               f"{largest_difference(workdir / 'deployed', workdir / 'simulated'):.2e}")
         compare(workdir / "deployed", workdir / "simulated")
