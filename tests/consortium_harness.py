@@ -73,6 +73,13 @@ class Consortium:
             self.start_site(site)
         self.wait_online(set(self.sites), timeout)
 
+    def restore(self) -> None:
+        """Start again every site an earlier test killed, and wait until all are online."""
+        for site in self.sites:
+            if site not in self.processes:
+                self.start_site(site)
+        self.wait_online(set(self.sites))
+
     def session(self):
         return admin.connect(read_kit(self.kits["admin"], "admin"), timeout=30)
 

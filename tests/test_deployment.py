@@ -535,10 +535,7 @@ def test_sites_that_die_mid_run_are_dropped_and_the_run_finishes(consortium, exp
 def test_a_site_killed_and_restarted_rejoins_the_running_job(consortium, experiment_file, workspace):
     import torch
 
-    for site in consortium.sites:  # sites the drop-out test killed come back
-        if site not in consortium.processes:
-            consortium.start_site(site)
-    consortium.wait_online(set(consortium.sites))
+    consortium.restore()  # sites the drop-out test killed come back
     rounds, site = 6, "hospital_a"
     experiment = experiment_file("rejoin", rounds=rounds, training={"local_steps": 10, "optimizer_state": "keep"},
                                  deployment={"round_timeout": 150, "min_responses": 1})
@@ -581,10 +578,7 @@ def test_a_site_killed_and_restarted_rejoins_the_running_job(consortium, experim
 
 @pytest.mark.slow
 def test_coordinator_killed_mid_run_resumes_after_restart(consortium, experiment_file, workspace):
-    for site in consortium.sites:  # sites the drop-out test killed come back
-        if site not in consortium.processes:
-            consortium.start_site(site)
-    consortium.wait_online(set(consortium.sites))
+    consortium.restore()  # sites the drop-out test killed come back
     experiment = experiment_file("restart", rounds=6, training={"local_steps": 10})
     session, job_id = submit(load_experiment(experiment), consortium.kits["admin"])
     wait_for_round(consortium, "restart", 2)
