@@ -21,10 +21,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedseg.data.case_files import bad_name
 from fedseg.data.nnunet import group_channels
 from fedseg.data.errors import Problem
 from fedseg.data.readers import NIFTI_SUFFIXES, SUPPORTED_SUFFIXES, case_name, is_supported
-from fedseg.errors import UserError
+from fedseg.errors import UserError, printable
 from fedseg.experiment import Experiment, load_experiment
 from fedseg.files import safe_name
 from fedseg.types import Weights
@@ -152,6 +153,8 @@ def collect_inputs(paths: list[Path], in_channels: int) -> list[Input]:
 
 def _add(found: dict[str, Path], path: Path) -> None:
     name = case_name(path)
+    if (bad := bad_name(name)) is not None:  # the name becomes the output's and is printed
+        raise UserError(f"{printable(path)}: {bad}")
     if name in found:
         raise UserError(f"{path} and {found[name]} are two images named {name}: predict them one at a time")
     found[name] = path
@@ -175,6 +178,13 @@ def output_paths(inputs: list[Input], out: Path, overwrite: bool = False) -> lis
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the label maps")
     targets = [out / f"{item.name}{item.suffix}" for item in inputs]
+    sources = {file.resolve() for item in inputs for file in item.files}
+    for target in targets:
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise UserError(f"{target} exists and is not a plain file (a link or a folder): remove it, or choose "
+                            "another --out")
+        if target.resolve() in sources:
+            raise UserError(f"{target} is the input image itself: choose another --out for the label maps")
     existing = [path.name for path in targets if path.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""

@@ -79,6 +79,8 @@ class SiteApp:
             raise UpdateRejected(f"unknown task {str(task)[:40]!r}")
         if task in SECURE_TASKS:
             return self.secure.handle(task, payload)
+        if isinstance(weights, list) and task in ("train", "membership"):  # ensembles are scored, not trained
+            raise UpdateRejected(f"task '{task}' takes one model, not an ensemble of {len(weights)}")
         received, control = weights, None
         if task == "train" and isinstance(weights, dict):
             weights, control = self._controls(weights)

@@ -59,11 +59,12 @@ def model_from_params(params: Any, meta: Any) -> Weights | list[Weights]:
     if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= MAX_MEMBERS:
         raise ValueError(f"an ensemble must have 2 to {MAX_MEMBERS} members, the message says {count!r:.20}")
     members: list[dict[str, Any]] = [{} for _ in range(count)]
+    indices = {str(i): i for i in range(count)}  # one spelling each: '00' or a non-ASCII digit would collide
     for key, value in params.items():
         head, index, name = (key.split("/", 2) + ["", ""])[:3]
-        if head != ENSEMBLE or not index.isdigit() or int(index) >= count or not name:
+        if head != ENSEMBLE or index not in indices or not name:
             raise ValueError(f"parameter {key[:80]!r} names no member of a {count}-model ensemble")
-        members[int(index)][name] = value
+        members[indices[index]][name] = value
     if not all(members):
         raise ValueError("a member of the ensemble has no parameters")
     return members
