@@ -90,3 +90,16 @@ class Trainer:
 def test_a_task_that_trains_or_attacks_one_model_refuses_an_ensemble(task, payload):
     with pytest.raises(UpdateRejected, match="one model, not an ensemble of 2"):
         SiteApp("a", Trainer()).handle(task, [dict(W), dict(W)], payload)
+
+
+def test_a_decathlon_site_whose_case_numbers_have_four_digits_is_not_read_as_channel_files(tmp_path):
+    import nibabel as nib
+
+    from fedseg.data.nnunet import nnunet_cases
+
+    for kind in ("imagesTr", "labelsTr"):
+        (tmp_path / kind).mkdir()
+        for case in ("patient_0001", "patient_0002"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(tmp_path / kind / f"{case}.nii.gz"))
+    cases, problems = nnunet_cases(tmp_path)
+    assert problems == [] and [(c.name, c.channels) for c in cases] == [("patient_0001", ()), ("patient_0002", ())]

@@ -60,8 +60,11 @@ def nnunet_cases(root: Path) -> tuple[list[Case], list[Problem]]:
             listed[kind] = files_by_case(root / kind, problems)
     if len(listed) < 2:
         return [], problems
-    images, named = group_channels(listed["imagesTr"], meta.channels if meta else None, problems)
     labels = listed["labelsTr"]
+    if listed["imagesTr"] and listed["imagesTr"].keys() <= labels.keys():  # the Decathlon's names (case_0001 too)
+        images, named = {name: (path,) for name, path in listed["imagesTr"].items()}, set(listed["imagesTr"])
+    else:
+        images, named = group_channels(listed["imagesTr"], meta.channels if meta else None, problems)
     for name in sorted(images.keys() - labels.keys()):
         first = images[name][0]
         ending = _ending(first, name, case_name(first) != name)
