@@ -276,3 +276,19 @@ def test_a_scoring_job_for_all_cases_tells_the_sites(tmp_path):
         job = write_job(tmp_path / cases, "r", "x", False, 1, Network(), COMPONENTS, cases=cases)
         client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
         assert client["executors"][0]["executor"]["args"] == args
+
+
+@pytest.mark.parametrize("task", ["train", "validate", "membership", "arms", "share_model"])
+def test_a_site_scoring_every_case_takes_no_task_but_join_and_evaluate(task):
+    """Its training cases are test cases in that job: it must never train on them or release them."""
+    from types import SimpleNamespace
+
+    from nvflare.apis.fl_constant import ReturnCode
+    from nvflare.apis.shareable import Shareable
+
+    from fedseg.deployment import Site
+
+    site = Site("name = 'x'", "run", "all")
+    site.log_error = lambda *args, **kwargs: None
+    reply = site.execute(task, Shareable(), SimpleNamespace(get_identity_name=lambda: "hospital_a"), None)
+    assert reply.get_return_code() == ReturnCode.TASK_UNKNOWN

@@ -28,6 +28,8 @@ from fedseg.runtime.flare.processes import DATA_ENV, FAULT_ENV
 from fedseg.runtime.site_app import TASKS, SiteApp
 
 SCORED_CASES = ("test", "all")
+SCORING_TASKS = ("join", "evaluate")
+"""What a site scoring every case (``cases = "all"``) does: its training cases are test cases there."""
 
 
 class FlareSiteExecutor(Executor):
@@ -57,8 +59,9 @@ class FlareSiteExecutor(Executor):
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         site = fl_ctx.get_identity_name()
-        if task_name not in TASKS and task_name not in wire.ARM_TASKS:
-            self.log_error(fl_ctx, f"unknown task {task_name[:40]!r}", fire_event=False)
+        if task_name not in TASKS and task_name not in wire.ARM_TASKS or (
+                self.cases != "test" and task_name not in SCORING_TASKS):  # a scoring job trains nothing
+            self.log_error(fl_ctx, f"task {task_name[:40]!r} is not one this job's sites take", fire_event=False)
             return make_reply(ReturnCode.TASK_UNKNOWN)
         try:
             model = FLModelUtils.from_shareable(shareable)
