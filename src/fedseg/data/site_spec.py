@@ -47,7 +47,8 @@ def site_task(spec: SiteSpec, task: Task) -> Task:
     if unknown or task.class_names[0] not in spec.labels:
         raise ValueError(f"site '{spec.name}' labels must name classes of the task {task.class_names}, "
                          f"the background '{task.class_names[0]}' included; got {spec.labels}")
-    return Task(dict(spec.labels), task.spatial_dims, task.in_channels)
+    return Task(dict(spec.labels), task.spatial_dims, task.in_channels,
+                {c: n for c, n in task.names.items() if c in spec.labels})
 
 
 SITE_KEYS = ("name", "path", "shard", "labels", "recontrast", "cases")

@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.data.readers import Volume
+from fedseg.data.task import name_key
+
+__all__ = ["LPS_TO_RAS", "Series", "name_key"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """DICOM patient coordinates are LPS; nibabel's (and fedseg's) world coordinates are RAS."""
-
-
-def name_key(name: str) -> str:
-    """How a segment or ROI name is compared with the task's: whitespace runs collapsed, case folded
-    ("Liver", " liver ", "LIVER" are one name)."""
-    return " ".join(str(name).split()).casefold()
 
 
 @dataclass(frozen=True)
