@@ -136,3 +136,15 @@ def build_dataset():
                            SplitFractions(*fractions), seed)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS for the session (tests/orthanc_harness.py); skipped when it is not installed."""
+    from orthanc_harness import missing, running_orthanc
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
