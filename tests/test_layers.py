@@ -16,7 +16,7 @@ LAYERS = [
     {"evaluation", "report"},
     {"experiment", "arms", "study", "simulate", "deployment", "consortium", "compare", "demo", "console", "cli",
      "cli_deployment", "sweep", "sweep_report", "deployed_arms", "external", "external_deployment", "predict",
-     "predictor", "cli_predict"},
+     "predictor", "cli_predict", "cli_pacs"},
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

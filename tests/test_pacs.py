@@ -2,8 +2,114 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+import pydicom
 import pytest
 import requests
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from fedseg.cli import main
+from fedseg.data.pacs import PacsError, PacsUnavailable, load_config, pull, push
+from orthanc_harness import free_ports
+
+USER_ENV, PASSWORD_ENV = "FEDSEG_TEST_PACS_USER", "FEDSEG_TEST_PACS_PASSWORD"
+
+
+def ct_instance(study: str, series: str, number: int, sop: str | None = None) -> FileDataset:
+    """A tiny CT slice (4x4, uint16) as a DICOM file dataset."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Pacs", "PACS-TEST", "CT"
+    ds.InstanceNumber, ds.ImagePositionPatient = number, [0.0, 0.0, float(number)]
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.arange(16, dtype=np.uint16) + number).tobytes()
+    return ds
+
+
+def encoded(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def study_on(orthanc, series_sizes=(3, 2), upload=True) -> tuple[str, list[str], dict[str, pydicom.Dataset]]:
+    """A new study with series of the given sizes (uploaded unless told not to): its UID, series UIDs, instances."""
+    study, series = generate_uid(), [generate_uid() for _ in series_sizes]
+    instances = {}
+    for uid, size in zip(series, series_sizes):
+        for n in range(size):
+            ds = ct_instance(study, uid, n + 1)
+            instances[ds.SOPInstanceUID] = ds
+    if upload:
+        orthanc.upload(*instances.values())
+    return study, series, instances
+
+
+def web_config(tmp_path, orthanc, cases: str, url: str | None = None, name: str = "pacs.toml"):
+    path = tmp_path / name
+    path.write_text(f'[pacs]\ndicomweb = "{url or orthanc.dicomweb}"\nusername_env = "{USER_ENV}"\n'
+                    f'password_env = "{PASSWORD_ENV}"\ntimeout_s = 10\n\n{cases}')
+    return path
+
+
+def dimse_config(tmp_path, orthanc, cases: str, method: str, port: int | None = None, name: str = "pacs.toml"):
+    move = f"move_port = {orthanc.peer_port}\n" if method == "c-move" else ""
+    path = tmp_path / name
+    path.write_text(f'[pacs]\nhost = "127.0.0.1"\nport = {port or orthanc.dicom_port}\ncalled_aet = "{orthanc.aet}"\n'
+                    f'calling_aet = "{orthanc.peer_aet}"\nmethod = "{method}"\n{move}timeout_s = 10\n\n{cases}')
+    return path
+
+
+def case_toml(name: str, study: str, series: list[str] | None = None) -> str:
+    listed = f"series = [{', '.join(repr(s) for s in series)}]\n" if series else ""
+    return f'[[cases]]\nname = "{name}"\nstudy = "{study}"\n{listed}\n'
+
+
+@pytest.fixture
+def credentials(orthanc, monkeypatch):
+    monkeypatch.setenv(USER_ENV, orthanc.username)
+    monkeypatch.setenv(PASSWORD_ENV, orthanc.password)
+
+
+class CountingSession(requests.Session):
+    """Records the URL of every request it sends (QIDO-RS searches end in /instances, WADO-RS fetches not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls = []
+        self.hooks["response"].append(lambda response, *args, **kwargs: self.urls.append(response.request.url))
+
+    @property
+    def count(self) -> int:
+        return len(self.urls)
+
+    @property
+    def fetches(self) -> int:
+        return sum(1 for url in self.urls if "/instances?" not in url and not url.endswith("/instances"))
+
+
+def pulled_files(site, case: str) -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in (site / "dicom" / case).glob("*/*.dcm")}
+
+
+def assert_pulled_equal(site, case: str, instances: dict[str, pydicom.Dataset]) -> None:
+    files = pulled_files(site, case)
+    assert set(files) == set(instances)
+    for sop, data in files.items():
+        got = pydicom.dcmread(io.BytesIO(data))
+        assert got == instances[sop]
+        assert (site / "dicom" / case / got.SeriesInstanceUID / f"{sop}.dcm").is_file()
+    assert not list((site / "dicom" / ".pacs" / "tmp").iterdir())
 
 
 def test_harness_orthanc_answers_with_auth_and_dicomweb(orthanc):
@@ -11,3 +117,126 @@ def test_harness_orthanc_answers_with_auth_and_dicomweb(orthanc):
     assert orthanc.rest("GET", "/system").json()["DicomAet"] == orthanc.aet
     assert orthanc.rest("GET", "/plugins").json().count("dicom-web") == 1
     assert orthanc.rest("GET", "/modalities").json() == ["fedseg"]
+
+
+def test_dicomweb_pull_equals_the_upload_and_a_second_pull_asks_nothing(orthanc, credentials, tmp_path):
+    study, _, instances = study_on(orthanc)
+    config = load_config(web_config(tmp_path, orthanc, case_toml("case_a", study)))
+    seen = []
+    session = CountingSession()
+    summary = pull(config, tmp_path / "site", lambda done, total, case: seen.append((done, total)), session)
+    assert (summary.complete, summary.downloaded, summary.failed) == (1, 5, {})
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert session.fetches == 2  # one WADO-RS request per series
+    assert_pulled_equal(tmp_path / "site", "case_a", instances)
+    again = CountingSession()
+    summary = pull(config, tmp_path / "site", session=again)
+    assert (again.count, summary.skipped, summary.downloaded) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_dimse_pull_gives_the_uploaded_bytes_and_resumes_without_the_pacs(orthanc, tmp_path, method):
+    study, series, instances = study_on(orthanc)
+    config = load_config(dimse_config(tmp_path, orthanc, case_toml("case_d", study), method))
+    summary = pull(config, tmp_path / "site")
+    assert (summary.complete, summary.downloaded, summary.failed) == (1, 5, {})
+    assert_pulled_equal(tmp_path / "site", "case_d", instances)
+    for sop, data in pulled_files(tmp_path / "site", "case_d").items():  # the dataset as the PACS sent it
+        assert pydicom.dcmread(io.BytesIO(data)).PixelData == instances[sop].PixelData
+    dead = load_config(dimse_config(tmp_path, orthanc, case_toml("case_d", study), method, port=free_ports(1)[0],
+                                    name="dead.toml"))
+    assert pull(dead, tmp_path / "site").skipped == 1  # a complete case does not contact the PACS at all
+
+
+def test_a_missing_series_is_reported_and_the_next_run_fetches_only_it(orthanc, credentials, tmp_path):
+    study, series, instances = study_on(orthanc, (2, 3), upload=False)
+    first = [ds for ds in instances.values() if ds.SeriesInstanceUID == series[0]]
+    orthanc.upload(*first)
+    config = load_config(web_config(tmp_path, orthanc, case_toml("case_m", study, series)))
+    summary = pull(config, tmp_path / "site")
+    assert summary.downloaded == 2 and summary.complete == 0
+    assert "case_m" in summary.failed and series[1] in summary.failed["case_m"]
+    orthanc.upload(*[ds for ds in instances.values() if ds.SeriesInstanceUID == series[1]])
+    session = CountingSession()
+    summary = pull(config, tmp_path / "site", session=session)
+    assert (summary.downloaded, summary.present, summary.complete, summary.failed) == (3, 2, 1, {})
+    assert session.fetches == 1  # the missing series, in one request
+    assert_pulled_equal(tmp_path / "site", "case_m", instances)
+
+
+@pytest.mark.parametrize("method", ["dicomweb", "c-get"])
+def test_a_pull_killed_after_some_instances_completes_with_only_the_rest(orthanc, credentials, tmp_path, method):
+    study, _, instances = study_on(orthanc, (4,))
+    cases = case_toml("case_k", study)
+    path = web_config(tmp_path, orthanc, cases) if method == "dicomweb" else dimse_config(tmp_path, orthanc, cases,
+                                                                                         method)
+    config = load_config(path)
+
+    def stop_after_two(done, total, case):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pull(config, tmp_path / "site", stop_after_two)
+    assert len(pulled_files(tmp_path / "site", "case_k")) == 2
+    summary = pull(config, tmp_path / "site")
+    assert (summary.downloaded, summary.present, summary.complete) == (2, 2, 1)
+    assert_pulled_equal(tmp_path / "site", "case_k", instances)
+
+
+def test_wrong_credentials_name_the_environment_variables(orthanc, credentials, tmp_path, monkeypatch, capsys):
+    study, _, _ = study_on(orthanc, (1,))
+    path = web_config(tmp_path, orthanc, case_toml("case_c", study))
+    monkeypatch.setenv(PASSWORD_ENV, "wrong")
+    with pytest.raises(PacsUnavailable, match=f"{USER_ENV} and {PASSWORD_ENV}"):
+        pull(load_config(path), tmp_path / "site")
+    monkeypatch.delenv(PASSWORD_ENV)
+    assert main(["pacs", "pull", str(path), "--site", str(tmp_path / "site")]) == 1
+    out = capsys.readouterr().out
+    assert f"{PASSWORD_ENV} is not set" in out and "Traceback" not in out
+
+
+def test_unknown_study_names_the_case_and_the_uid_and_unreachable_names_the_address(orthanc, credentials,
+                                                                                     tmp_path, capsys):
+    study, _, instances = study_on(orthanc, (1,))
+    unknown = generate_uid()
+    path = web_config(tmp_path, orthanc, case_toml("case_ok", study) + case_toml("case_gone", unknown))
+    assert main(["pacs", "pull", str(path), "--site", str(tmp_path / "site")]) == 1
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "case 'case_gone': study " + unknown in out and "1 of 2 case(s) complete" in out
+    assert_pulled_equal(tmp_path / "site", "case_ok", instances)
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}/dicom-web"
+    with pytest.raises(PacsUnavailable, match=f"cannot reach the PACS at {dead}"):
+        pull(load_config(web_config(tmp_path, orthanc, case_toml("x", unknown), dead, "dead.toml")), tmp_path / "s")
+    dimse = load_config(dimse_config(tmp_path, orthanc, case_toml("case_gone", unknown), "c-get"))
+    assert "case_gone" in pull(dimse, tmp_path / "site2").failed
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_pacs_sending_a_path_as_uid_writes_nothing_outside(orthanc, credentials, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    orthanc.upload(ct_instance(study, series, 1, sop="1.2.3/../../../evil"))
+    summary = pull(load_config(web_config(tmp_path, orthanc, case_toml("case_h", study))), tmp_path / "site")
+    assert "SOPInstanceUID" in summary.failed["case_h"] and "is not a DICOM UID" in summary.failed["case_h"]
+    assert not [p for p in tmp_path.rglob("*evil*")]
+
+
+@pytest.mark.parametrize("method", ["dicomweb", "c-store"])
+def test_push_then_reread_from_orthanc_equals_the_file(orthanc, credentials, tmp_path, method, capsys):
+    files = []
+    for n in range(2):
+        ds = ct_instance(generate_uid(), generate_uid(), n + 1)
+        files.append(tmp_path / f"seg_{n}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    cases = case_toml("unused", "1.2.3")
+    path = web_config(tmp_path, orthanc, cases) if method == "dicomweb" else dimse_config(tmp_path, orthanc, cases,
+                                                                                         "c-get")
+    summary = push(load_config(path), files[:1])
+    assert [s.path for s in summary.stored] == files[:1]
+    assert main(["pacs", "push", str(path), str(files[1])]) == 0
+    assert "1 file(s) stored" in capsys.readouterr().out
+    for file in files:
+        original = pydicom.dcmread(file)
+        assert orthanc.dataset(original.SOPInstanceUID) == original
+    with pytest.raises(PacsError, match="not a DICOM file"):
+        push(load_config(path), [path])

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from fedseg.cli_deployment import add_commands as add_deployment_commands
 from fedseg.cli_predict import add_command as add_predict_command
+from fedseg.cli_pacs import add_command as add_pacs_command
 from fedseg.errors import UserError
 
 console = Console()
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
     add_deployment_commands(commands, lambda: console)  # read at call time: tests may replace the console
     add_predict_command(commands, lambda: console)
+    add_pacs_command(commands, lambda: console)
     return parser
 
 
