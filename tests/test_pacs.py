@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from fedseg.cli import main
 from fedseg.data.pacs import PacsError, PacsUnavailable, load_config, pull, push
+from fedseg.data.pacs.config import UID, parse_config
 from orthanc_harness import free_ports
 
 USER_ENV, PASSWORD_ENV = "FEDSEG_TEST_PACS_USER", "FEDSEG_TEST_PACS_PASSWORD"
@@ -164,7 +168,7 @@ def test_a_missing_series_is_reported_and_the_next_run_fetches_only_it(orthanc, 
     assert_pulled_equal(tmp_path / "site", "case_m", instances)
 
 
-@pytest.mark.parametrize("method", ["dicomweb", "c-get"])
+@pytest.mark.parametrize("method", ["dicomweb", "c-get", "c-move"])
 def test_a_pull_killed_after_some_instances_completes_with_only_the_rest(orthanc, credentials, tmp_path, method):
     study, _, instances = study_on(orthanc, (4,))
     cases = case_toml("case_k", study)
@@ -240,3 +244,82 @@ def test_push_then_reread_from_orthanc_equals_the_file(orthanc, credentials, tmp
         assert orthanc.dataset(original.SOPInstanceUID) == original
     with pytest.raises(PacsError, match="not a DICOM file"):
         push(load_config(path), [path])
+
+
+# --- the site's PACS file: every hostile value is a PacsError naming the file, the key and the fix ---------
+PATH = Path("site_pacs.toml")
+GOOD_PACS = {"dicomweb": "http://127.0.0.1:8042/dicom-web"}
+HOSTILE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=300),
+                    st.just("1.2/../../etc"), st.just(".."), st.just("1." * 40 + "1"), st.just("9" * 10_000),
+                    st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(),
+                                                                                max_size=2))
+
+
+def parsed(pacs: dict | None = None, cases: object = None):
+    raw = {"pacs": GOOD_PACS if pacs is None else pacs,
+           "cases": [{"name": "case_1", "study": "1.2.3"}] if cases is None else cases}
+    return parse_config(raw, PATH)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=HOSTILE, study=HOSTILE, series=st.one_of(HOSTILE, st.lists(HOSTILE, max_size=3)))
+def test_hostile_case_values_are_refused_naming_the_file_or_accepted_as_safe(name, study, series):
+    try:
+        config = parsed(cases=[{"name": name, "study": study, "series": series}])
+    except PacsError as exc:
+        assert str(exc).startswith("site_pacs.toml: [[cases]] #1") and len(str(exc)) < 600
+        return
+    case = config.cases[0]
+    assert "/" not in case.name and not case.name.startswith(".")
+    for uid in (case.study, *case.series):
+        assert UID.fullmatch(uid) and len(uid) <= 64
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(["dicomweb", "username_env", "password_env", "ca_bundle", "timeout_s", "host", "port",
+                            "called_aet", "calling_aet", "method", "move_port", "move_aet"]), value=HOSTILE)
+def test_hostile_pacs_values_are_refused_with_the_file_and_key(key, value):
+    dimse = {"host": "pacs.example.org", "port": 104, "called_aet": "PACS", "calling_aet": "FEDSEG"}
+    base = dict(GOOD_PACS) if key in ("dicomweb", "username_env", "password_env", "ca_bundle") else dimse
+    try:
+        config = parsed({**base, key: value})
+    except PacsError as exc:
+        assert str(exc).startswith("site_pacs.toml:") and len(str(exc)) < 600
+        return
+    assert config.timeout_s > 0 and (config.dicomweb or 1 <= config.port <= 65535)
+
+
+@pytest.mark.parametrize("pacs, cases, message", [
+    ({**GOOD_PACS, "password": "hunter2"}, None, "password is written in the file.*environment variable"),
+    ({**GOOD_PACS, "username_env": "U"}, None, "give both username_env and password_env"),
+    ({"dicomweb": "http://user:pw@pacs/dicom-web"}, None, "credentials in its address"),
+    ({"dicomweb": "ftp://pacs/dicom-web"}, None, "not an http\\(s\\) address"),
+    ({**GOOD_PACS, "colour": 1}, None, "unknown key 'colour' in \\[pacs\\]"),
+    ({"host": "pacs", "port": 104}, None, "DIMSE needs called_aet, calling_aet"),
+    ({"host": "pacs", "port": 104, "called_aet": "PACS", "calling_aet": "A" * 17}, None, "calling_aet.*AE title"),
+    ({"host": "pacs", "port": 104, "called_aet": "P", "calling_aet": "F", "method": "c-move"}, None, "move_port"),
+    (None, [], "no \\[\\[cases\\]\\]"),
+    (None, [{"name": "a", "study": "1.2"}, {"name": "a", "study": "1.3"}], "'a' is used twice"),
+    (None, [{"name": "a", "study": "1.2"}, {"name": "b", "study": "1.2", "series": ["1.2.1"]}],
+     "also pulled by case 'a'"),
+    (None, [{"name": "a", "study": "1.2", "series": ["1.2.1", "1.2.1"]}], "listed twice"),
+    (None, [{"name": "../up", "study": "1.2"}], "not a valid name"),
+    (None, [{"name": "a", "study": "1.2", "series": ["1.2/../x"]}], "'a'\\) series: '1.2/../x' is not a DICOM UID"),
+    (None, [{"name": "a", "study": "1." + "2" * 70}], "is not a DICOM UID"),
+])
+def test_config_errors_say_what_to_fix(pacs, cases, message):
+    with pytest.raises(PacsError, match=message):
+        parsed(pacs, cases)
+
+
+def test_a_pacs_file_is_read_from_toml_and_its_errors_name_it(tmp_path):
+    path = tmp_path / "pacs.toml"
+    path.write_text('[pacs]\nhost = "pacs.example.org"\nport = 104\ncalled_aet = "PACS"\ncalling_aet = "FEDSEG"\n'
+                    'method = "c-move"\nmove_port = 11112\n\n[[cases]]\nname = "c1"\nstudy = "1.2.3"\n')
+    config = load_config(path)
+    assert (config.move_aet, config.cases[0].series, config.address) == ("FEDSEG", (), "PACS@pacs.example.org:104")
+    path.write_text("[pacs\n")
+    with pytest.raises(PacsError, match="pacs.toml is not valid TOML"):
+        load_config(path)
+    with pytest.raises(PacsError, match="cannot read the PACS file"):
+        load_config(tmp_path / "absent.toml")

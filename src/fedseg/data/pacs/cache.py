@@ -18,7 +18,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from fedseg.data.pacs.config import Case, PacsError, check_uid
+from fedseg.data.pacs.config import Case, PacsError, PacsUnavailable, check_uid
 
 RECORDS = ".pacs"
 
@@ -49,9 +49,13 @@ class SiteCache:
         self.tmp = self.records / "tmp"
         if self.root.exists() and not self.root.is_dir():
             raise PacsError(f"{self.root} is a file: the site's dicom/ must be a folder")
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():  # an interrupted write
-            leftover.unlink(missing_ok=True)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            for leftover in self.tmp.iterdir():  # an interrupted write
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            raise PacsUnavailable(f"cannot write the site's cache {self.root}: {exc.strerror or exc}; give a site "
+                                  "folder this user may write") from None
 
     def path(self, case: Case, series: str, sop: str) -> Path:
         return (self.root / case.name / check_uid(series, f"case '{case.name}': SeriesInstanceUID")
@@ -101,13 +105,19 @@ class SiteCache:
         return got
 
     def _write(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="part-")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="part-")
+        except OSError as exc:
+            raise PacsUnavailable(f"cannot write {target}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise PacsUnavailable(f"cannot write {target}: {exc.strerror or exc} (disk full?)") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
