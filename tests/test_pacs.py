@@ -323,3 +323,23 @@ def test_a_pacs_file_is_read_from_toml_and_its_errors_name_it(tmp_path):
         load_config(path)
     with pytest.raises(PacsError, match="cannot read the PACS file"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_received_file_of_another_study_or_series_is_refused_and_not_written(tmp_path):
+    from fedseg.data.pacs.cache import SiteCache
+    from fedseg.data.pacs.config import Case
+
+    study, series = generate_uid(), generate_uid()
+    cache, case = SiteCache(tmp_path / "site"), Case("c1", study, (series,))
+    for ds, what in ((ct_instance(generate_uid(), series, 1), "not asked for"),
+                     (ct_instance(study, generate_uid(), 1), "not asked for"),
+                     (ct_instance(study, series, 1, sop="1.2.3/../../x"), "is not a DICOM UID")):
+        with pytest.raises(PacsError, match=what):
+            cache.accept(case, encoded(ds), {series}, "test")
+    with pytest.raises(PacsError, match="not a DICOM file"):
+        cache.accept(case, b"HTTP/1.1 500 oops", {series}, "test")
+    assert not list((tmp_path / "site").rglob("*.dcm"))
+    good = ct_instance(study, series, 1)
+    assert cache.accept(case, encoded(good), {series}, "test").sop == good.SOPInstanceUID
+    assert cache.present(case) == {(series, good.SOPInstanceUID)}

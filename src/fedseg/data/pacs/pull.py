@@ -58,7 +58,7 @@ def pull(config: PacsConfig, site: Path, progress: Progress | None = None,
     plans = []
     for case in todo:
         try:
-            listed = _dedupe(pacs.find(case))
+            listed = _checked(case, pacs.find(case), config)
         except PacsUnavailable:
             raise
         except PacsError as exc:
@@ -109,9 +109,14 @@ def _fetch(pacs, cache: SiteCache, case: Case, listed: list[Instance], wanted: l
     pacs.retrieve(case, wanted, whole, sink)
 
 
-def _dedupe(listed: list[Instance]) -> list[Instance]:
+def _checked(case: Case, listed: list[Instance], config: PacsConfig) -> list[Instance]:
+    """The PACS's listing without repeats; PacsError when it names another study or an unasked series."""
     seen, out = set(), []
     for item in listed:
+        if item.study != case.study or (case.series and item.series not in case.series):
+            raise PacsError(f"case '{case.name}': the PACS at {config.address} answered the search for study "
+                            f"{case.study} with instance {item.sop} of study {item.study}, series {item.series}; "
+                            "the PACS answers queries wrongly: tell its administrator")
         if item.sop not in seen:
             seen.add(item.sop)
             out.append(item)
