@@ -39,7 +39,7 @@ from fedseg.files import safe_name
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 AET = re.compile(r"[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?")
 """An AE title: 1 to 16 printable ASCII characters, no backslash, no leading or trailing space."""
-HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?")
+HOST = re.compile(r"[A-Za-z0-9:]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?")
 MAX_CASES = 100_000
 MAX_SERIES = 10_000
 DIMSE_KEYS = {"host", "port", "called_aet", "calling_aet", "method", "move_aet", "move_port", "timeout_s"}
