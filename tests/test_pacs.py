@@ -343,3 +343,24 @@ def test_a_received_file_of_another_study_or_series_is_refused_and_not_written(t
     good = ct_instance(study, series, 1)
     assert cache.accept(case, encoded(good), {series}, "test").sop == good.SOPInstanceUID
     assert cache.present(case) == {(series, good.SOPInstanceUID)}
+
+
+def test_a_pacs_that_never_answers_is_a_timeout_error_naming_the_setting(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv(USER_ENV, "u")
+    monkeypatch.setenv(PASSWORD_ENV, "p")
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        web = tmp_path / "web.toml"
+        web.write_text(f'[pacs]\ndicomweb = "http://127.0.0.1:{port}/dicom-web"\nusername_env = "{USER_ENV}"\n'
+                       f'password_env = "{PASSWORD_ENV}"\ntimeout_s = 0.3\n\n{case_toml("c", "1.2.3")}')
+        with pytest.raises(PacsUnavailable, match="no answer within timeout_s = 0.3 s.*raise timeout_s"):
+            pull(load_config(web), tmp_path / "site")
+        dimse = tmp_path / "dimse.toml"
+        dimse.write_text(f'[pacs]\nhost = "127.0.0.1"\nport = {port}\ncalled_aet = "PACS"\ncalling_aet = "ME"\n'
+                         f'timeout_s = 0.3\n\n{case_toml("c", "1.2.3")}')
+        with pytest.raises(PacsUnavailable, match="cannot reach the PACS at DICOM PACS@127.0.0.1.*timeout 0.3 s"):
+            pull(load_config(dimse), tmp_path / "site")
