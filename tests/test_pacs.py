@@ -133,13 +133,15 @@ def test_dicomweb_pull_equals_the_upload_and_a_second_pull_asks_nothing(orthanc,
     assert seen[0] == (0, 5) and seen[-1] == (5, 5)
     assert session.fetches == 2  # one WADO-RS request per series
     assert_pulled_equal(tmp_path / "site", "case_a", instances)
+    for sop, data in pulled_files(tmp_path / "site", "case_a").items():
+        assert data == encoded(instances[sop])  # the very bytes uploaded
     again = CountingSession()
     summary = pull(config, tmp_path / "site", session=again)
     assert (again.count, summary.skipped, summary.downloaded) == (0, 1, 0)
 
 
 @pytest.mark.parametrize("method", ["c-get", "c-move"])
-def test_dimse_pull_gives_the_uploaded_bytes_and_resumes_without_the_pacs(orthanc, tmp_path, method):
+def test_dimse_pull_gives_the_uploaded_datasets_and_resumes_without_the_pacs(orthanc, tmp_path, method):
     study, series, instances = study_on(orthanc)
     config = load_config(dimse_config(tmp_path, orthanc, case_toml("case_d", study), method))
     summary = pull(config, tmp_path / "site")
@@ -364,3 +366,41 @@ def test_a_pacs_that_never_answers_is_a_timeout_error_naming_the_setting(tmp_pat
                          f'timeout_s = 0.3\n\n{case_toml("c", "1.2.3")}')
         with pytest.raises(PacsUnavailable, match="cannot reach the PACS at DICOM PACS@127.0.0.1.*timeout 0.3 s"):
             pull(load_config(dimse), tmp_path / "site")
+
+
+def without_group_lengths(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    for tag in [t for t in dataset.keys() if t.element == 0]:
+        del dataset[tag]
+    return dataset
+
+
+REAL_CT_SEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "ct-liver-seg"
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("method", ["dicomweb", "c-get"])
+def test_a_real_ct_and_its_seg_pulled_are_the_files_uploaded_and_a_dicom_site_case(orthanc, credentials, tmp_path,
+                                                                                  method):
+    if not REAL_CT_SEG.is_dir():
+        pytest.skip(f"real DICOM not found at {REAL_CT_SEG} (../shared/data/dicom from the repository root)")
+    files = sorted(REAL_CT_SEG.rglob("*.dcm"))
+    orthanc.upload(*files)
+    originals = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in files}
+    study = next(iter(originals.values())).StudyInstanceUID
+    cases = case_toml("liver", study)
+    path = web_config(tmp_path, orthanc, cases) if method == "dicomweb" else dimse_config(tmp_path, orthanc, cases,
+                                                                                         method)
+    summary = pull(load_config(path), tmp_path / "site")
+    assert (summary.downloaded, summary.complete) == (4, 1)  # 3 CT slices and the SEG, in their series folders
+    pulled = {p.stem: p for p in (tmp_path / "site" / "dicom" / "liver").glob("*/*.dcm")}
+    assert pulled.keys() == originals.keys()
+    for sop, file in pulled.items():
+        if method == "dicomweb":  # WADO-RS in the stored transfer syntax: the very file that was uploaded
+            assert file.read_bytes() == Path(originals[sop].filename).read_bytes()
+        else:  # DIMSE sends the data set without its (retired, optional) group lengths
+            assert without_group_lengths(pydicom.dcmread(file)) == without_group_lengths(originals[sop])
+    from fedseg.data.dicom.scan import scan_folder
+
+    problems = []
+    scan = scan_folder(tmp_path / "site" / "dicom" / "liver", problems)
+    assert (len(scan.series), len(scan.labels), problems) == (1, 1, [])

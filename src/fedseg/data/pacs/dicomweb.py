@@ -136,8 +136,13 @@ def _value(item: dict, tag: str) -> object:
 
 
 def _encode(dataset: object) -> bytes:
+    """The file as the PACS sent it: dicomweb-client parses each part from a BytesIO that pydicom keeps as
+    ``buffer`` (a re-encoding would drop group lengths and change bytes); re-encoded only without it."""
     if not isinstance(dataset, pydicom.Dataset):
         raise TypeError("not a dataset")
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
+    buffer = getattr(dataset, "buffer", None)
+    if isinstance(buffer, io.BytesIO) and not buffer.closed:
+        return buffer.getvalue()
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, dataset, enforce_file_format=True)
+    return out.getvalue()
