@@ -404,3 +404,14 @@ def test_a_real_ct_and_its_seg_pulled_are_the_files_uploaded_and_a_dicom_site_ca
     problems = []
     scan = scan_folder(tmp_path / "site" / "dicom" / "liver", problems)
     assert (len(scan.series), len(scan.labels), problems) == (1, 1, [])
+
+
+def test_a_pacs_file_only_for_pushing_may_leave_out_cases_but_a_pull_needs_them(tmp_path):
+    path = tmp_path / "push.toml"
+    path.write_text('[pacs]\ndicomweb = "http://127.0.0.1:8042/dicom-web"\n')
+    assert load_config(path, cases=False).cases == ()
+    with pytest.raises(PacsError, match=r"no \[\[cases\]\]"):
+        load_config(path)
+    path.write_text('[pacs]\ndicomweb = "http://127.0.0.1:8042/dicom-web"\n[[cases]]\nname = "a/b"\nstudy = "1.2"\n')
+    with pytest.raises(PacsError, match="a/b"):
+        load_config(path, cases=False)  # cases that are there are still checked

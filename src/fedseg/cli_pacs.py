@@ -62,7 +62,7 @@ def _push(args, output: Output) -> int:
     from fedseg.data.pacs import load_config, push
 
     console = output()
-    summary = push(load_config(args.config), args.files)
+    summary = push(load_config(args.config, cases=False), args.files)
     for item in summary.stored:
         console.print(escape(printable(f"stored {item.path} ({item.sop_instance_uid})")), highlight=False)
     console.print(escape(printable(f"{len(summary.stored)} file(s) stored on {summary.address}")), highlight=False)

@@ -93,8 +93,9 @@ class PacsConfig:
         return self.dicomweb or f"{self.called_aet}@{self.host}:{self.port}"
 
 
-def load_config(path: Path) -> PacsConfig:
-    """Read and check a site's PACS file; every problem is a PacsError naming the file, the key and the fix."""
+def load_config(path: Path, cases: bool = True) -> PacsConfig:
+    """Read and check a site's PACS file; every problem is a PacsError naming the file, the key and the fix.
+    ``cases=False``: only pushing, [[cases]] may be left out."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -102,10 +103,10 @@ def load_config(path: Path) -> PacsConfig:
         raise PacsError(printable(f"cannot read the PACS file {path}: {exc.strerror or exc}")) from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PacsError(printable(f"{path} is not valid TOML: {exc}")) from None
-    return parse_config(raw, path)
+    return parse_config(raw, path, cases)
 
 
-def parse_config(raw: object, path: Path) -> PacsConfig:
+def parse_config(raw: object, path: Path, cases: bool = True) -> PacsConfig:
     where = printable(path)
     if not isinstance(raw, dict):
         raise PacsError(f"{where}: expected a [pacs] table and [[cases]]")
@@ -129,7 +130,8 @@ def parse_config(raw: object, path: Path) -> PacsConfig:
     else:
         raise PacsError(f"{where}: [pacs] needs dicomweb = \"http://host:8042/dicom-web\" (DICOMweb) or host = "
                         "\"pacs.example.org\" with port, called_aet, calling_aet (DIMSE)")
-    return PacsConfig(path=path, cases=_cases(raw.get("cases"), where), **fields)
+    listed = _cases(raw.get("cases"), where) if cases or "cases" in raw else ()
+    return PacsConfig(path=path, cases=listed, **fields)
 
 
 def _web(pacs: dict, path: Path, where: str) -> dict:
