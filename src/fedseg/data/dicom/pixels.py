@@ -22,6 +22,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fedseg.data.errors import Problem
+from fedseg.errors import printable
 
 RAW_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 """Transfer syntaxes whose PixelData, once pydicom has read the file, is the raw little-endian pixels."""
@@ -74,25 +75,25 @@ def read_slice(path: Path, problems: list[Problem]) -> Slice | None:
         return None
     frames = integer(ds, "NumberOfFrames", 1)
     if frames != 1:
-        problems.append(Problem(path, f"a multi-frame image (NumberOfFrames {ds.get('NumberOfFrames')!s:.20}); "
+        problems.append(Problem(path, f"a multi-frame image (NumberOfFrames {shown(ds, 'NumberOfFrames')}); "
                                       "fedseg reads series of single-frame images: convert it to one file per "
                                       "slice (e.g. dcm4che's `emf2sf`) and put those in the case folder"))
         return None
     rows, columns = integer(ds, "Rows", 0), integer(ds, "Columns", 0)
     if not (0 < rows <= MAX_SIDE and 0 < columns <= MAX_SIDE):
-        problems.append(Problem(path, f"Rows {ds.get('Rows')!s:.20} / Columns {ds.get('Columns')!s:.20} missing "
+        problems.append(Problem(path, f"Rows {shown(ds, 'Rows')} / Columns {shown(ds, 'Columns')} missing "
                                       "or invalid: the header is damaged; export the series again"))
     samples, bits = integer(ds, "SamplesPerPixel", 1), integer(ds, "BitsAllocated", 0)
     if samples != 1:
-        problems.append(Problem(path, f"SamplesPerPixel {ds.get('SamplesPerPixel')!s:.20}: a colour image; "
+        problems.append(Problem(path, f"SamplesPerPixel {shown(ds, 'SamplesPerPixel')} (3: a colour image): "
                                       "fedseg reads greyscale series (one sample per pixel)"))
     if bits not in (8, 16, 32):
-        problems.append(Problem(path, f"BitsAllocated {ds.get('BitsAllocated')!s:.20} not supported (8, 16 or 32): "
+        problems.append(Problem(path, f"BitsAllocated {shown(ds, 'BitsAllocated')} not supported (8, 16 or 32): "
                                       "the header is damaged or the image is not a greyscale image"))
     slope, intercept = real(ds, "RescaleSlope", 1.0), real(ds, "RescaleIntercept", 0.0)
     if slope is None or intercept is None or slope == 0 or max(abs(slope), abs(intercept)) > 1e30:
-        problems.append(Problem(path, f"RescaleSlope {ds.get('RescaleSlope')!s:.30} / RescaleIntercept "
-                                      f"{ds.get('RescaleIntercept')!s:.30} invalid (must be finite, slope not 0): "
+        problems.append(Problem(path, f"RescaleSlope {shown(ds, 'RescaleSlope')} / RescaleIntercept "
+                                      f"{shown(ds, 'RescaleIntercept')} invalid (must be finite, slope not 0): "
                                       "fix the header"))
     if len(problems) > where:
         return None
@@ -129,7 +130,7 @@ def decode_into(item: Slice, out: np.ndarray, problems: list[Problem]) -> bool:
             return False
         out[...] = pixels
     except Exception as exc:  # a decoder's error on an invalid compressed stream
-        problems.append(Problem(path, f"pixel data ({syntax.name if syntax else 'no transfer syntax'}) cannot be "
+        problems.append(Problem(path, f"pixel data ({syntax.name} {syntax}) cannot be "
                                       f"decoded ({type(exc).__name__}: {str(exc)[:200]}): the file is damaged or "
                                       f"its compression not supported; {EXPORT_FIX}"))
         return False
@@ -173,6 +174,14 @@ def unreadable(exc: Exception) -> str:
             "move it out of the case folder")
 
 
+def shown(ds: Dataset, keyword: str) -> str:
+    """A header value as a message shows it (short; 'invalid' when pydicom cannot even convert it)."""
+    try:
+        return printable(str(ds.get(keyword, "missing")))[:40]
+    except Exception:
+        return "(invalid)"
+
+
 def text(ds: Dataset, keyword: str) -> str:
     """A header string, '' when absent or not a string."""
     try:
@@ -196,7 +205,11 @@ def integer(ds: Dataset, keyword: str, default: int) -> int:
 
 def real(ds: Dataset, keyword: str, default: float) -> float | None:
     """A finite header number; ``default`` when absent, None when invalid."""
-    values = reals(ds, keyword, 1) if keyword in ds and ds.get(keyword) not in (None, "") else [default]
+    try:
+        absent = keyword not in ds or ds.get(keyword) in (None, "")
+    except Exception:
+        return None
+    values = [default] if absent else reals(ds, keyword, 1)
     return values[0] if values is not None else None
 
 

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from fedseg.data.dicom.pixels import NON_IMAGE_MODALITIES, text, unreadable
+from fedseg.data.dicom.pixels import NON_IMAGE_MODALITIES, shown, text, unreadable
 from fedseg.data.errors import Problem
 from fedseg.errors import printable
 
@@ -132,7 +132,7 @@ def _mixed(scan: FolderScan) -> str:
     for uid, paths in scan.series.items():
         ds = scan.headers[uid]
         parts.append(f"'{printable(text(ds, 'SeriesDescription'))[:64] or 'no description'}' (SeriesNumber "
-                     f"{printable(str(ds.get('SeriesNumber', '-')))[:12]}, UID {printable(uid)[:64]}, "
+                     f"{shown(ds, 'SeriesNumber')}, UID {printable(uid)[:64]}, "
                      f"{len(paths)} file(s), e.g. {paths[0].name})")
     return (f"mixed series: {len(scan.series)} image series in one case folder: {'; '.join(parts)}; keep the one "
             "series the label refers to and move the others out (or give each series its own case folder)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.data.dicom.geometry import LPS_TO_RAS, Series
-from fedseg.data.dicom.pixels import Slice, decode_into, read_slice, text
+from fedseg.data.dicom.pixels import Slice, decode_into, read_slice, real, text
 from fedseg.data.dicom.scan import FolderScan, scan_folder
 from fedseg.data.errors import Problem
 from fedseg.data.readers import MAX_VALUES_ENV, Volume, max_values
@@ -172,7 +172,7 @@ def _slice_spacing(slices: list[Slice], depth: np.ndarray, axes: np.ndarray, pro
     first = slices[0]
     if len(slices) == 1:
         for keyword in ("SliceThickness", "SpacingBetweenSlices"):
-            value = _positive(first.dataset.get(keyword))
+            value = _positive(real(first.dataset, keyword, 0.0))
             if value is not None:
                 return value
         problems.append(Problem(first.path, "a single-slice 3D series without SliceThickness or SpacingBetweenSlices: "
