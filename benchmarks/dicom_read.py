@@ -6,8 +6,9 @@ The default series is a synthetic CT written with pydicom into a temporary folde
 512 int16 slices (Explicit VR Little Endian, rescale intercept -1024, oblique orientation, files
 named in shuffled order); ``--folder`` times a series of your own instead.
 
-Measured 2026-11-26 on 2 shared CPU cores (load average 4-9 from other jobs): see the report of the
-run in docs or the commit message; rerun to compare.
+Measured 2026-11-26 on 2 shared CPU cores (load average 0.4, files in the page cache), 300 slices, best
+of 5: read_series 0.186 s, SimpleITK 0.253 s (ratio 0.74); scan_folder (headers of the folder) 0.069 s,
+scan + read 1.01x SimpleITK; arrays identical, geometry equal to 1e-15.
 
 Run:  .venv/bin/python benchmarks/dicom_read.py [--slices 300] [--repeat 5] [--folder DIR]
 Prints numbers and the ratio; never asserts.

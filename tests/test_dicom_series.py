@@ -146,13 +146,19 @@ def test_two_series_in_a_case_folder_are_named_as_mixed(tmp_path):
     assert "1.2.3.4" in message and "3 file(s)" in message and "2 file(s)" in message and "move the others out" in message
 
 
-def test_a_truncated_file_is_named_with_the_fix(tmp_path):
+@pytest.mark.parametrize("cut", [1, 50, 170, 400, 800])  # in the pixels, before them, in the header
+def test_a_truncated_file_is_named_with_the_fix(tmp_path, cut):
     files = write(tmp_path)
     data = files[2].read_bytes()
-    files[2].write_bytes(data[:-50])
+    files[2].write_bytes(data[:-cut])
     series, problems = read(files)
     assert series is None and len(problems) == 1
     assert files[2].name in problems[0] and "truncated" in problems[0] and "copy the file again" in problems[0]
+    if cut >= 170:  # the scan reads the header only: a file cut there is named too (pydicom alone keeps its start)
+        found: list = []
+        scan = scan_folder(tmp_path, found)
+        assert list(scan.series.values()) == [sorted(set(files) - {files[2]})] and len(found) == 1
+        assert files[2].name in str(found[0]) and "truncated" in str(found[0])
 
 
 def test_a_non_dicom_file_given_as_a_slice_is_named(tmp_path):

@@ -58,7 +58,7 @@ class Slice:
 def read_slice(path: Path, problems: list[Problem]) -> Slice | None:
     """Read ``path`` (header and pixel bytes, once) and check what a slice must have; None with a problem."""
     try:
-        ds = pydicom.dcmread(path, force=False)
+        ds = read_dicom(path)
     except Exception as exc:  # InvalidDicomError, EOFError, struct errors ... from a hostile file
         problems.append(Problem(path, unreadable(exc)))
         return None
@@ -71,7 +71,8 @@ def read_slice(path: Path, problems: list[Problem]) -> Slice | None:
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         problems.append(Problem(path, f"no pixel data{f' (it has {other}, not supported)' if other else ''}: "
-                                      f"not an image (Modality {modality or 'missing'}); move it out of the series"))
+                                      f"not an image (Modality {modality or 'missing'}), or a file truncated before "
+                                      "its pixels; move it out of the series, or copy it again from its source"))
         return None
     frames = integer(ds, "NumberOfFrames", 1)
     if frames != 1:
@@ -161,8 +162,39 @@ def _raw(item: Slice, problems: list[Problem]) -> np.ndarray | None:
     return pixels
 
 
+class TruncatedFile(Exception):
+    """The file ends inside a value its header declares."""
+
+
+class _Strict:
+    """A binary file whose reads raise TruncatedFile when the file ends inside what was asked for (pydicom
+    itself keeps the elements read so far and drops the rest: a truncated file would look complete). A
+    read of 8 bytes, the next element's header, may find the file's end."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._handle.read(size)
+        if size is not None and size > 0 and len(data) < size and (data or size != 8):
+            raise TruncatedFile(f"it ends {size - len(data):,} bytes short of a value at byte {self._handle.tell():,}")
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+def read_dicom(path: Path, **options) -> Dataset:
+    """``pydicom.dcmread`` (force=False) that raises TruncatedFile for a file cut short."""
+    with open(path, "rb") as handle:
+        return pydicom.dcmread(_Strict(handle), force=False, **options)
+
+
 def unreadable(exc: Exception) -> str:
     """Why a file could not be read as DICOM, and what to do."""
+    if isinstance(exc, TruncatedFile):
+        return (f"truncated: {exc}: copy the file again from its source (PACS export), or move it out of the case "
+                "folder if it is not a DICOM file")
     if isinstance(exc, pydicom.errors.InvalidDicomError):
         return ("not a DICOM file (no 'DICM' marker after its 128-byte preamble): move it out of the case folder "
                 "(a DICOM file without the preamble: save it again as a DICOM file, e.g. `dcmconv` or pydicom's "

@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from fedseg.data.dicom.pixels import NON_IMAGE_MODALITIES, shown, text, unreadable
+from fedseg.data.dicom.pixels import NON_IMAGE_MODALITIES, read_dicom, shown, text, unreadable
 from fedseg.data.errors import Problem
 from fedseg.errors import printable
 
@@ -56,7 +55,7 @@ def scan_folder(folder: Path, problems: list[Problem]) -> FolderScan:
             scan.labels.append(path)
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=False, defer_size=DEFER)
+            ds = read_dicom(path, stop_before_pixels=True, defer_size=DEFER)
         except Exception as exc:  # hostile or foreign files raise many types
             problems.append(Problem(path, unreadable(exc)))
             continue
