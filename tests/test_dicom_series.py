@@ -319,6 +319,7 @@ def test_hostile_header_values_give_problems_never_exceptions(hostile, slices, o
         assert (series is None) == bool(problems)
         if series is not None:
             assert np.isfinite(series.volume.affine).all() and np.isfinite(series.volume.array).all()
-            assert all(s > 0 for s in series.spacing) and series.volume.array.size > 0
+            assert all(1e-4 <= s <= 1e5 for s in series.spacing) and series.volume.array.size > 0
+            assert abs(np.linalg.det(series.volume.affine)) > 1e-12
         for problem in problems:
             assert str(problem.path).startswith(tmp) and len(str(problem)) < 2000

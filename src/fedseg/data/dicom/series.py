@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.data.dicom.geometry import LPS_TO_RAS, Series
-from fedseg.data.dicom.pixels import Slice, decode_into, read_slice, real, text
+from fedseg.data.dicom.pixels import Slice, decode_into, read_slice, real, shown, text
 from fedseg.data.dicom.scan import FolderScan, scan_folder
 from fedseg.data.errors import Problem
 from fedseg.data.readers import MAX_VALUES_ENV, Volume, max_values
@@ -36,6 +36,8 @@ ORIENTATION_TOLERANCE = 1e-4
 POSITION_TOLERANCE = 0.05
 """Slices whose positions along the normal differ by less than this fraction of the spacing are duplicates;
 in-plane offsets between slices above this fraction of a pixel are a sheared stack (gantry tilt)."""
+SPACING_RANGE = (1e-4, 1e5)
+"""Sizes in mm a pixel or a slice distance may have (a header outside it is damaged or hostile)."""
 
 
 def read_series(files: list[Path] | tuple[Path, ...], spatial_dims: int, problems: list[Problem]) -> Series | None:
@@ -99,7 +101,11 @@ def _image_2d(item: Slice, problems: list[Problem]) -> Series | None:
     array = np.empty((1, item.rows, item.columns), np.float32)
     if not decode_into(item, array[0], problems):
         return None
-    spacing = item.pixel_spacing if item.pixel_spacing and min(item.pixel_spacing) > 0 else (1.0, 1.0)
+    spacing = item.pixel_spacing or (1.0, 1.0)  # a picture (secondary capture, ...) may have no size
+    if item.pixel_spacing is None and "PixelSpacing" in item.dataset or not _sizes(spacing):
+        problems.append(Problem(item.path, f"PixelSpacing {shown(item.dataset, 'PixelSpacing')} is not two sizes in "
+                                           f"mm within {SPACING_RANGE}: fix the header (or remove it)"))
+        return None
     affine = np.diag([spacing[0], spacing[1], 1.0])
     return _series([item], Volume(array, affine), np.zeros(2), np.eye(2), (float(spacing[0]), float(spacing[1])))
 
@@ -141,9 +147,9 @@ def _grid(slices: list[Slice], problems: list[Problem]) -> np.ndarray | None:
             problems.append(Problem(item.path, f"missing or invalid {', '.join(missing)} (geometry of a 3D slice): "
                                                "export the series again with its geometry, or set task.spatial_dims "
                                                "= 2 for single 2D images"))
-        elif min(item.pixel_spacing) <= 0 or max(item.pixel_spacing) > 1e5:  # type: ignore[arg-type]
-            problems.append(Problem(item.path, f"PixelSpacing {item.pixel_spacing} is not a positive size in mm: fix "
-                                               "the header"))
+        elif not _sizes(item.pixel_spacing):  # type: ignore[arg-type]
+            problems.append(Problem(item.path, f"PixelSpacing {item.pixel_spacing} is not two sizes in mm within "
+                                               f"{SPACING_RANGE}: fix the header"))
     if len(problems) > before:
         return None
     first = slices[0]
@@ -205,9 +211,11 @@ def _slice_spacing(slices: list[Slice], depth: np.ndarray, axes: np.ndarray, pro
         problems.append(Problem(first.path.parent, f"the slices are not stacked along their normal (shifted by up to "
                                                    f"{shear:.3f} mm in-plane: a gantry tilt or a sheared series): "
                                                    "resample it onto a regular grid, or export it again"))
-    if len(problems) > before:
-        return None
-    return float((depth[-1] - depth[0]) / (len(slices) - 1))
+    spacing = float((depth[-1] - depth[0]) / (len(slices) - 1))
+    if len(problems) == before and not _sizes((spacing,)):
+        problems.append(Problem(first.path.parent, f"slices {spacing:.3g} mm apart, outside {SPACING_RANGE}: the "
+                                                   "positions in the headers are damaged; export the series again"))
+    return None if len(problems) > before else spacing
 
 
 def _positive(value: object) -> float | None:
@@ -215,7 +223,11 @@ def _positive(value: object) -> float | None:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) and 0 < number < 1e5 else None
+    return number if math.isfinite(number) and _sizes((number,)) else None
+
+
+def _sizes(values) -> bool:
+    return all(SPACING_RANGE[0] <= v <= SPACING_RANGE[1] for v in values)
 
 
 def _series(slices: list[Slice], volume: Volume, origin: np.ndarray, directions: np.ndarray,
