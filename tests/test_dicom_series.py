@@ -19,7 +19,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, generate_uid
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid)
 
 from fedseg.data.dicom.geometry import LPS_TO_RAS
 from fedseg.data.dicom.series import read_series, scan_folder
@@ -96,6 +97,22 @@ def test_a_shuffled_oblique_series_is_the_volume_simpleitk_reads(tmp_path):
     assert series.volume.array[0, 3, 2, 4] == 2 * (2 * 10 + 3) * 5 - 60 - 100  # [column, row, slice], rescaled
     assert (series.series_uid, series.modality, series.frame_of_reference_uid) == (SERIES, "CT", FRAME)
     assert series.spacing == pytest.approx((0.9, 0.7, 2.5))
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless])
+def test_other_transfer_syntaxes_read_like_simpleitk(tmp_path, syntax):
+    files = write(tmp_path, n=4)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        if syntax == RLELossless:  # compressed: pydicom's own RLE decoder, not the raw path
+            ds.compress(RLELossless)
+        else:
+            ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == syntax
+    series, problems = read(files)
+    assert problems == []
+    assert_like_simpleitk(series, files)
 
 
 @pytest.mark.real_data
