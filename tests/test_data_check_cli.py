@@ -131,7 +131,7 @@ def test_manifest_site_is_checked(nifti_site, run_cli):
 
 @pytest.mark.parametrize("labels, expected", [
     ("background=0,liver", "--labels must look like background=0,liver=1"),
-    ("background=0,liver=one", "--labels must look like background=0,liver=1"),
+    ("background=0,liver=", "give a DICOM segment/ROI name"),  # liver=Liver names a DICOM segment
     ("liver=1,spleen=2", "background class to 0"),
     ("background=0,liver=1,spleen=1", "distinct values"),
     ("background=0,liver=1,liver=2", "names a class twice"),

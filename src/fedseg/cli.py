@@ -53,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data utilities").add_subparsers(metavar="ACTION")
     check = data.add_parser("check", help="read a site and report cases, shapes, intensities, labels, errors")
-    check.add_argument("site", type=Path, help="site folder (images/ + labels/ or masks/, or nnU-Net's imagesTr/ + "
-                                               "labelsTr/) or CSV manifest")
-    check.add_argument("--labels", help="declared label values, e.g. background=0,liver=1")
+    check.add_argument("site", type=Path, help="site folder (images/ + labels/ or masks/, nnU-Net's imagesTr/ + "
+                                               "labelsTr/, or dicom/ with a folder per case) or CSV manifest")
+    check.add_argument("--labels", help="declared label values, e.g. background=0,liver=1; DICOM segment or ROI "
+                                        "names: background=0,liver=Liver")
     check.add_argument("--dims", type=int, choices=(2, 3), help="spatial dimensions (default: from the files)")
     check.set_defaults(handler=_data_check)
 
@@ -145,14 +146,16 @@ def _data_check(args) -> int:
     return 1 if bad else 0
 
 
-def _parse_labels(text: str) -> dict[str, int]:
+def _parse_labels(text: str) -> dict[str, int | str]:
+    """``background=0,liver=1``; a DICOM site's class may be given by its segment name: ``liver=Liver``."""
     from fedseg.data.task import Task
 
     try:
         pairs = [item.split("=") for item in text.split(",")]
-        labels = {name.strip(): int(value) for name, value in pairs}
+        labels = {name.strip(): int(value) if value.strip().lstrip("+-").isdigit() else value.strip() for name, value in pairs}
     except ValueError:
-        raise UserError(f"--labels must look like background=0,liver=1, got '{text}'") from None
+        raise UserError(f"--labels must look like background=0,liver=1 (or liver=Liver: a DICOM segment name), "
+                        f"got '{text}'") from None
     if len(labels) != len(pairs):
         raise UserError(f"--labels names a class twice: '{text}'")
     try:

@@ -41,7 +41,7 @@ class SiteInspection:
         return dict(sorted(totals.items()))
 
 
-def inspect_site(path: Path, labels: dict[str, int] | None = None, spatial_dims: int | None = None,
+def inspect_site(path: Path, labels: dict[str, int | str] | None = None, spatial_dims: int | None = None,
                  in_channels: int | None = None) -> SiteInspection:
     """Read every case of the site at ``path``; problems are collected, not raised.
 
@@ -54,8 +54,9 @@ def inspect_site(path: Path, labels: dict[str, int] | None = None, spatial_dims:
     except DataError as exc:
         inspection.problems.extend(exc.problems)
         return inspection
-    dims = spatial_dims or (3 if cases[0].image.name.lower().endswith(NIFTI_SUFFIXES) else 2)
-    channels = in_channels or len(cases[0].channels) or _channels(cases[0].image, dims)  # nnU-Net: a file each
+    dicom = cases[0].image.is_dir()  # a DICOM series: 3D, one channel
+    dims = spatial_dims or (3 if dicom or cases[0].image.name.lower().endswith(NIFTI_SUFFIXES) else 2)
+    channels = in_channels or len(cases[0].channels) or (1 if dicom else _channels(cases[0].image, dims))
     task = Task(labels or {"background": 0, "foreground": 1}, dims, channels)
     if labels is not None:  # dataset.json of an nnU-Net site, against the declared labels
         inspection.problems.extend(task_problems(Path(path), task))

@@ -41,8 +41,13 @@ def load_case(case: Case, task: Task, check_declared: bool = True) -> tuple[Load
     # Every check runs whatever else is wrong with the case, so that all of its problems are
     # reported at once (e.g. a label on the wrong grid that also holds undeclared values).
     problems: list[Problem] = []
-    image = read_image(case.image_files, task.spatial_dims, problems)
-    label = _read(case.label, task, problems)
+    if case.image.is_dir():  # a DICOM series and its SEG, RTSTRUCT or NRRD label
+        from fedseg.data.dicom.case import read_dicom_case
+
+        image, label = read_dicom_case(case, task, problems, check_declared)
+    else:
+        image = read_image(case.image_files, task.spatial_dims, problems)
+        label = _read(case.label, task, problems)
 
     image_array = None
     if image is not None:

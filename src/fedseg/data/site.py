@@ -3,7 +3,11 @@
 - ``images/`` + ``labels/`` (or ``masks/``, as most public 2D sets come): files of the same case
   name pair up;
 - ``imagesTr/`` + ``labelsTr/`` + ``dataset.json``: nnU-Net v2 / Decathlon (``data.nnunet``);
-- a CSV manifest with a header ``image,label[,split]``; relative paths are relative to its folder.
+- ``dicom/`` with one folder per case (the case's name): the DICOM files of its image series (any
+  names, sub-folders allowed) and its label: a DICOM SEG, an RTSTRUCT or an NRRD label map
+  (``data.dicom.case``); as a PACS export or ``fedseg pacs pull`` writes it;
+- a CSV manifest with a header ``image,label[,split]``; relative paths are relative to its folder
+  (a DICOM case: ``image`` the series folder, ``label`` the SEG/RTSTRUCT/NRRD file).
 
 A folder that could be read in two ways (``labels/`` and ``masks/``, or ``images/`` beside
 ``imagesTr/``) is a problem the user settles, not a guess.
@@ -23,6 +27,7 @@ from fedseg.data.readers import SUPPORTED_SUFFIXES, case_name
 __all__ = ["SPLITS", "Case", "discover_cases"]
 _EXTRA = "\0extra"  # DictReader key for values beyond the header's columns
 LABEL_FOLDERS = ("labels", "masks")
+DICOM_FOLDER = "dicom"
 
 
 def discover_cases(site: str, path: Path) -> list[Case]:
@@ -45,6 +50,12 @@ def discover_cases(site: str, path: Path) -> list[Case]:
 
 def _from_folders(root: Path) -> tuple[list[Case], list[Problem]]:
     label_folders = [name for name in LABEL_FOLDERS if (root / name).is_dir()]
+    if (root / DICOM_FOLDER).is_dir():
+        other = [name for name in ("images", *label_folders, *NNUNET_FOLDERS) if (root / name).is_dir()]
+        if other:
+            return [], [Problem(root, f"holds both {DICOM_FOLDER}/ and {'/ and '.join(other)}/: keep one layout "
+                                      "(move the other out)")]
+        return _dicom_cases(root / DICOM_FOLDER)
     if is_nnunet(root):
         plain = [name for name in ("images", *label_folders) if (root / name).is_dir()]
         if plain:
@@ -71,6 +82,23 @@ def _from_folders(root: Path) -> tuple[list[Case], list[Problem]]:
     for name in sorted(labels.keys() - images.keys()):
         problems.append(Problem(labels[name], f"label without image: expected {root / 'images' / labels[name].name}"))
     cases = [Case(n, images[n], labels[n]) for n in sorted(images.keys() & labels.keys())]
+    return cases, problems
+
+
+def _dicom_cases(folder: Path) -> tuple[list[Case], list[Problem]]:
+    """One case per folder of ``dicom/``; what is inside is read and checked when the case is loaded."""
+    cases, problems = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not path.is_dir():
+            problems.append(Problem(path, f"{DICOM_FOLDER}/ holds one folder per case (its image series and its "
+                                          "SEG, RTSTRUCT or NRRD label): move this file into its case's folder"))
+        elif (bad := bad_name(path.name)) is not None:
+            problems.append(Problem(path, bad.replace("file name", "folder name").replace("file (and its image or "
+                                                                                          "label partner)", "folder")))
+        else:
+            cases.append(Case(path.name, path, path))
     return cases, problems
 
 
@@ -110,7 +138,7 @@ def _read_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
                 continue
             image = (manifest.parent / row["image"]).resolve()
             label = (manifest.parent / row["label"]).resolve()
-            name = case_name(image)
+            name = image.name if image.is_dir() else case_name(image)
             if (bad := bad_name(name)) is not None:
                 problems.append(Problem(image, f"{bad} (listed at {where})"))
                 continue
@@ -119,7 +147,7 @@ def _read_manifest(manifest: Path) -> tuple[list[Case], list[Problem]]:
                 continue
             seen[name] = line
             for kind, path in (("image", image), ("label", label)):
-                if not path.is_file():
+                if not (path.is_file() or (kind == "image" and path.is_dir())):  # a folder: a DICOM series
                     other = "label" if kind == "image" else "image"
                     problems.append(Problem(path, f"{kind} file listed at {where} does not exist "
                                                   f"({other} without {kind})"))

@@ -18,7 +18,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fedseg.data.dicom.geometry import LPS_TO_RAS, Series
+from fedseg.data.errors import DataError
+from fedseg.data.loading import load_case
 from fedseg.data.readers import Volume
+from fedseg.data.site import discover_cases
+from fedseg.data.task import Task
 
 SOP_CLASSES = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2"}
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; derived UIDs are its documented use
@@ -72,6 +76,30 @@ def write_series(volume: Volume, folder: Path, key: str, *, modality: str = "MR"
                   base.FrameOfReferenceUID, modality, lps[:3, 3].copy(), axes, tuple(float(s) for s in spacing))
 
 
+def export_case(image: Volume, label: np.ndarray, class_names: list[str], folder: Path, key: str, *,
+                modality: str = "MR") -> Series:
+    """A case as DICOM: ``folder/image/`` the series, ``folder/label.dcm`` its SEG (``label``: class
+    indices, segment i named ``class_names[i - 1]``, a manual annotation)."""
+    from fedseg.data.dicom.seg_writer import write_seg
+
+    series = write_series(image, folder / "image", key, modality=modality)
+    write_seg(label, series, class_names, folder / "label.dcm", algorithm_name="", algorithm_version="")
+    return series
+
+
+def export_site(site: Path, out: Path, task: Task, *, modality: str = "MR") -> int:
+    """Every case of a NIfTI ``site`` (any layout or manifest) as ``out/dicom/<case>/``; the number of cases.
+    DataError lists the site's problems."""
+    cases = discover_cases(Path(site).name, Path(site))
+    for case in cases:
+        loaded, problems = load_case(case, task)
+        if loaded is None:
+            raise DataError(Path(site).name, problems)
+        export_case(loaded.image, loaded.label, task.foreground_names, Path(out) / "dicom" / case.name,
+                    f"{Path(site).name}/{case.name}", modality=modality)
+    return len(cases)
+
+
 def _stored(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     """16-bit stored values and the rescale that gives ``array`` back (exactly for 16-bit integers)."""
     if np.issubdtype(array.dtype, np.integer) or np.array_equal(array, np.round(array)):
@@ -91,7 +119,7 @@ def _base(key: str, modality: str, patient_id: str, description: str) -> Dataset
     today = datetime.date(2000, 1, 1).strftime("%Y%m%d")  # fixed: a conversion is reproducible
     ds.SOPClassUID = SOP_CLASSES[modality]
     ds.Modality = modality
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_id, patient_id, "", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"{patient_id}^", patient_id, "", "O"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(f"{key}/study"), uid(f"{key}/series")
     ds.FrameOfReferenceUID = uid(f"{key}/frame")
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
