@@ -19,7 +19,8 @@ Output = Callable[[], Console]
 
 
 def add_command(commands, output: Output) -> None:
-    predict = commands.add_parser("predict", help="label maps of new images (NIfTI, PNG) from a trained model")
+    predict = commands.add_parser("predict", help="label maps of new images (NIfTI, PNG, DICOM series -> DICOM SEG) "
+                                                  "from a trained model")
     predict.add_argument("model", type=Path, help="a run directory (its headline model, or --model NAME), or a "
                                                   "model file (.pt) with --experiment")
     predict.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image files or folders of them")
@@ -29,6 +30,8 @@ def add_command(commands, output: Output) -> None:
     predict.add_argument("--experiment", type=Path, help="the experiment a model file was trained with")
     predict.add_argument("--overwrite", action="store_true", help="replace label maps already in --out")
     predict.add_argument("--device", help="cpu, cuda or cuda:N (default: the experiment's [training] device)")
+    predict.add_argument("--push", type=Path, metavar="PACS_TOML", help="store the DICOM SEGs written on the site's "
+                                                                        "PACS (fedseg pacs push)")
     predict.set_defaults(handler=partial(_predict, output=output))
 
 
@@ -37,13 +40,18 @@ def _predict(args, output: Output) -> int:
     from fedseg.predictor import Predictor
 
     console = output()
+    pacs = None
+    if args.push is not None:  # its problems before any prediction
+        from fedseg.data.pacs import load_config
+
+        pacs = load_config(args.push, cases=False)
     model = resolve_model(args.model, args.model_name, args.experiment)
     inputs = collect_inputs(args.inputs, model.experiment.task.in_channels)
     targets = output_paths(inputs, args.out, args.overwrite)
     predictor = Predictor(model, args.device)
     members = f" (ensemble of {len(model.members)})" if len(model.members) > 1 else ""
     console.print(escape(f"{model.name}{members}: {len(inputs)} image(s) -> {args.out}"), highlight=False)
-    failed = []
+    failed, segs = [], []
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[status]}"), console=console)
     with progress:
@@ -52,6 +60,7 @@ def _predict(args, output: Output) -> int:
             progress.update(task, status=escape(item.name))
             try:
                 predictor.write(item, target)
+                segs += [target] if item.dicom else []
             except UserError as exc:  # one bad image does not stop the others
                 failed.append(str(exc))
             progress.advance(task)
@@ -59,4 +68,11 @@ def _predict(args, output: Output) -> int:
         console.print(f"[red]error[/] {escape(message)}", highlight=False, soft_wrap=True)
     console.print(f"{len(inputs) - len(failed)} label map(s) written to {escape(str(args.out))}"
                   + (f", {len(failed)} image(s) failed" if failed else ""), highlight=False)
+    if pacs is not None and segs:
+        from fedseg.data.pacs import push
+
+        summary = push(pacs, segs)
+        console.print(escape(f"{len(summary.stored)} DICOM SEG(s) stored on {summary.address}"), highlight=False)
+    elif pacs is not None:
+        console.print("nothing to push: no DICOM series among the inputs", highlight=False)
     return 1 if failed else 0

@@ -52,10 +52,16 @@ class Input:
     files: tuple[Path, ...]
 
     @property
+    def dicom(self) -> bool:
+        """A DICOM series (a folder): its label map is written as a DICOM SEG."""
+        return self.files[0].is_dir()
+
+    @property
     def suffix(self) -> str:
-        """The output's suffix: NIfTI as the input was (``.nii.gz`` or ``.nii``), else PNG."""
+        """The output's suffix: a DICOM SEG for a series, NIfTI as the input was (``.nii.gz`` or
+        ``.nii``), else PNG."""
         first = self.files[0].name.lower()
-        return next((s for s in NIFTI_SUFFIXES if first.endswith(s)), ".png")
+        return ".dcm" if self.dicom else next((s for s in NIFTI_SUFFIXES if first.endswith(s)), ".png")
 
 
 def resolve_model(model: Path, name: str | None = None, experiment: Path | None = None) -> TrainedModel:
@@ -132,8 +138,9 @@ def collect_inputs(paths: list[Path], in_channels: int) -> list[Input]:
             for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
                 if is_supported(file):
                     _add(found, file)
-            if not found:
-                raise UserError(f"{path} holds no image files ({', '.join(SUPPORTED_SUFFIXES)})")
+            if not found and not (found := _dicom_series(path)):
+                raise UserError(f"{path} holds no image files ({', '.join(SUPPORTED_SUFFIXES)}) and no DICOM "
+                                "series folders")
             groups.append(found)
         elif path.is_file():
             if not is_supported(path):
@@ -160,7 +167,32 @@ def _add(found: dict[str, Path], path: Path) -> None:
     found[name] = path
 
 
+def _dicom_series(folder: Path) -> dict[str, Path]:
+    """A folder without image files as DICOM: itself if it holds one image series (anywhere below it,
+    named by the folder), else each of its sub-folders holding one (a DICOM site's ``dicom/``)."""
+    from fedseg.data.dicom.scan import scan_folder
+
+    series = scan_folder(folder, []).series  # headers only; reading the input reports each file's problems
+    if len(series) <= 1:
+        found = {folder.name: folder} if series else {}
+    else:
+        found = {}
+        for files in series.values():
+            tops = {path.relative_to(folder).parts[0] for path in files}
+            top = folder / tops.pop()
+            if tops or not top.is_dir() or top.name in found:
+                raise UserError(f"{printable(folder)} holds {len(series)} DICOM image series that are not each in a "
+                                "sub-folder of their own: give each series' folder as an input")
+            found[top.name] = top
+    for name, path in found.items():
+        if (bad := bad_name(name)) is not None:
+            raise UserError(f"{printable(path)}: {bad.replace('file', 'folder')}")
+    return dict(sorted(found.items()))
+
+
 def _inputs(files: dict[str, Path], in_channels: int) -> list[Input]:
+    if any(path.is_dir() for path in files.values()):  # DICOM series: one channel per series
+        return [Input(name, (path,)) for name, path in files.items()]
     if in_channels > 1:
         problems: list[Problem] = []
         grouped, _ = group_channels(files, None, problems)

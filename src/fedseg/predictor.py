@@ -50,11 +50,18 @@ class Predictor:
         # the patch sampler's voxel lists of the (blank) label would only cost memory here
         self.prepare = Compose([t for t in steps.transforms if not isinstance(t, FgBgToIndicesd)])
         self.invert = Invertd(keys="pred", transform=self.prepare, orig_keys="label", nearest_interp=True)
+        self.series = None  # the DICOM series last read: its SEG refers to it
 
     def read(self, item: Input) -> Volume:
         """The input's image with the model's channels; UserError naming the file otherwise."""
         problems: list[Problem] = []
-        volume = read_image(item.files, self.task.spatial_dims, problems)
+        if item.dicom:
+            from fedseg.data.dicom.case import read_folder_series
+
+            self.series = read_folder_series(item.files[0], self.task.spatial_dims, problems)[0]
+            volume = self.series.volume if self.series is not None else None
+        else:
+            volume = read_image(item.files, self.task.spatial_dims, problems)
         if volume is not None:
             channels = _image_channels(volume, item.files[0], self.task, [])
             if channels is None:
@@ -91,10 +98,17 @@ class Predictor:
         return np.asarray(self.task.class_values)[np.rint(back).astype(np.int64)]
 
     def write(self, item: Input, target: Path) -> Path:
-        """Predict ``item`` and write its label map to ``target`` (NIfTI or PNG as the input)."""
+        """Predict ``item`` and write its label map to ``target`` (a DICOM SEG for a DICOM series,
+        NIfTI or PNG as the input)."""
         values = self.labels(self.read(item))
         dtype = np.uint8 if values.max() < 2**8 else np.uint16 if values.max() <= PNG_MAX else np.int32
-        if item.files[0].name.lower().endswith(NIFTI_SUFFIXES):
+        if item.dicom:
+            from fedseg import __version__
+            from fedseg.data.dicom.seg_writer import write_seg
+
+            write_seg(np.searchsorted(self.task.class_values, values), self.series, self.task.foreground_names,
+                      target, algorithm_name=f"fedseg {self.model.name}", algorithm_version=__version__)
+        elif item.files[0].name.lower().endswith(NIFTI_SUFFIXES):
             _write_nifti(values.astype(dtype), item.files[0], target)
         elif dtype == np.int32:
             raise UserError(f"{item.files[0]}: label values up to {values.max()} do not fit a PNG (16 bits); "
