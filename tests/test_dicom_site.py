@@ -122,3 +122,20 @@ def test_two_series_in_one_case_folder_are_named_not_merged(tmp_path, monkeypatc
     write_series(image, root / "dicom" / "case0" / "other", "another/series", modality="CT")
     code, errors = check(root, monkeypatch)
     assert code == 1 and any("case0" in e and ("mixed" in e.lower() or "series" in e.lower()) for e in errors)
+
+
+def test_an_nrrd_label_pairs_with_a_nifti_image_in_an_images_labels_site(tmp_path):
+    import nibabel as nib
+    import nrrd
+
+    image, label = image_and_label(3)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    nib.save(nib.Nifti1Image(image.array[0], image.affine), str(tmp_path / "images" / "p1.nii.gz"))
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine  # NRRD in DICOM's patient space, as 3D Slicer saves it
+    nrrd.write(str(tmp_path / "labels" / "p1.seg.nrrd"), label.astype(np.int16), index_order="F",
+               header={"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
+                       "space origin": lps[:3, 3]})
+    [case] = discover_cases("site", tmp_path)
+    loaded, problems = load_case(case, Task({"background": 0, "liver": 1, "tumour": 2}))
+    assert case.name == "p1" and problems == [] and np.array_equal(loaded.label, label)

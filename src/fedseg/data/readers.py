@@ -1,6 +1,7 @@
 """Read one image or label file into a channel-first array with its voxel-to-world affine.
 
-NIfTI goes through nibabel (the affine carries spacing and orientation); 2D images through
+NIfTI goes through nibabel (the affine carries spacing and orientation), NRRD through pynrrd
+(``data.dicom.labels.read_nrrd``: space directions and origin, LPS or RAS); 2D images through
 Pillow, which has no geometry, so they get an identity affine (1 unit per pixel).
 
 Files are untrusted: the size a header declares is checked against ``max_values()`` before any
@@ -25,8 +26,9 @@ from PIL import Image
 from fedseg.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NRRD_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr")  # 3D Slicer's segmentation first: its case name drops both
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + IMAGE_2D_SUFFIXES
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 MAX_VALUES_ENV = "FEDSEG_MAX_VOXELS"
 DEFAULT_MAX_VALUES = 2**28
@@ -95,6 +97,10 @@ def read_volume(path: Path, spatial_dims: int) -> Volume:
     try:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             volume = _read_nifti(path)
+        elif path.name.lower().endswith(NRRD_SUFFIXES):
+            from fedseg.data.dicom.labels import read_nrrd  # pynrrd; the DICOM package reads NRRD labels too
+
+            volume = read_nrrd(path)
         else:
             volume = _read_2d(path)
     except (ReadError, UserError):

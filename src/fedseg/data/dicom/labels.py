@@ -20,11 +20,10 @@ from fedseg.data.dicom.pixels import read_dicom, unreadable
 from fedseg.data.dicom.rtstruct import read_rtstruct
 from fedseg.data.dicom.seg import read_seg
 from fedseg.data.errors import Problem
-from fedseg.data.readers import ReadError, Volume, max_values
+from fedseg.data.readers import NRRD_SUFFIXES, ReadError, Volume, max_values
 from fedseg.data.task import name_key
 from fedseg.errors import printable
 
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
 SPACES = {"left-posterior-superior": np.eye(4), "LPS": np.eye(4), "right-anterior-superior": LPS_TO_RAS,
           "RAS": LPS_TO_RAS}
 """NRRD spaces fedseg reads, and the matrix that takes each to LPS."""
