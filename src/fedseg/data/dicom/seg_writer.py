@@ -35,6 +35,9 @@ def write_seg(label: np.ndarray, series: Series, class_names: Sequence[str], out
         raise ValueError(f"label values {label.min()}..{label.max()} outside 0..{len(class_names)} (the classes)")
     frames = label[None] if label.ndim == 2 else label.transpose(2, 1, 0)  # (slices, rows, columns)
     sources = [read_dicom(path, stop_before_pixels=True) for path in series.files]
+    for source in sources:  # an empty SpecificCharacterSet means the default repertoire; highdicom refuses ''
+        if "SpecificCharacterSet" in source and not source.SpecificCharacterSet:
+            del source.SpecificCharacterSet
     if algorithm_name:
         kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
         algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.DCM.ArtificialIntelligence,
