@@ -100,7 +100,7 @@ class Consortium:
                     return
             except Exception:
                 pass
-            time.sleep(1)
+            time.sleep(0.2)  # one small admin query per poll; a whole second was pure waiting
         raise TimeoutError(f"sites {sites} not online after {timeout} s; logs in {self.logs}")
 
     def wait_offline(self, site: str, timeout: float = 90) -> None:
@@ -114,7 +114,7 @@ class Consortium:
                     return
             finally:
                 session.close()
-            time.sleep(1)
+            time.sleep(0.2)  # one small admin query per poll; a whole second was pure waiting
         raise TimeoutError(f"{site} still listed after {timeout} s; logs in {self.logs}")
 
     def restart_site(self, site: str, **options) -> None:

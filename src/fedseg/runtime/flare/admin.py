@@ -65,7 +65,7 @@ def read_progress(session: Session, job_id: str) -> dict[str, Any]:
 
 
 def wait(session: Session, job_id: str, on_progress: Callable[[JobState], None] | None = None,
-         poll_s: float = 2.0, reconnect: Callable[[], Session] | None = None,
+         poll_s: float = 0.5, reconnect: Callable[[], Session] | None = None,
          patience_s: float = 900.0) -> tuple[JobState, Session]:
     """Poll until the job ends (the admin API has no push); report each new round. With
     ``reconnect``, a coordinator that goes away (a restart) is waited for up to ``patience_s``
