@@ -193,3 +193,51 @@ def test_the_real_rtstruct_rasterises_on_its_ct(tmp_path):
     problems = []
     assert read_rtstruct(tmp_path / "rt.dcm", series, {"liver": 1}, problems) is None
     assert "'ROI-1'" in message(problems)
+
+
+def test_overlapping_segments_take_the_larger_stored_value(tmp_path):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    series = series_at(tmp_path / "ct")
+    liver, tumor = sample_label() > 0, sample_label() == 2  # the tumour lies inside the liver segment
+    pixels = np.stack([liver, tumor], axis=-1).transpose(2, 1, 0, 3).astype(np.uint8)  # (slices, rows, cols, segs)
+    segments = [hd.seg.SegmentDescription(segment_number=i, segment_label=name,
+                                          segmented_property_category=codes.SCT.Tissue,
+                                          segmented_property_type=codes.SCT.Tissue,
+                                          algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+                for i, name in enumerate(["Liver", "Tumor"], start=1)]
+    seg = hd.seg.Segmentation(
+        source_images=[pydicom.dcmread(p) for p in series.files], pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+        series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="1", device_serial_number="0")
+    seg.save_as(tmp_path / "overlap.dcm")
+    for values, expected in (({"liver": 1, "tumor": 2}, sample_label()),
+                             ({"liver": 2, "tumor": 1}, np.where(liver, 2, 0))):
+        problems = []
+        assert np.array_equal(read_seg(tmp_path / "overlap.dcm", series, values, problems), expected)
+        assert problems == []
+
+
+def test_a_slicer_seg_nrrd_maps_segment_names_and_a_plain_nrrd_keeps_its_values(tmp_path):
+    import nrrd
+
+    series = series_at(tmp_path / "ct")
+    lps = series.lps_affine()
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3],
+              "Segment0_Name": "Tumor", "Segment0_LabelValue": "1", "Segment1_Name": "Liver",
+              "Segment1_LabelValue": "2"}
+    stored = np.array([0, 2, 1])[sample_label()].astype(np.uint8)  # Slicer's values: 2 = Liver, 1 = Tumor
+    nrrd.write(str(tmp_path / "a.seg.nrrd"), stored, header, index_order="F")
+    problems = []
+    assert np.array_equal(read_label(tmp_path / "a.seg.nrrd", series, NAMES, problems), sample_label())
+    assert problems == []
+    ras = {"space": "right-anterior-superior", "space directions": series.volume.affine[:3, :3].T,
+           "space origin": series.volume.affine[:3, 3]}
+    nrrd.write(str(tmp_path / "plain.nrrd"), stored, ras, index_order="F")
+    assert np.array_equal(read_label(tmp_path / "plain.nrrd", series, NAMES, problems), stored) and problems == []
+    shifted = dict(ras, **{"space origin": series.volume.affine[:3, 3] + 5})
+    nrrd.write(str(tmp_path / "off.nrrd"), stored, shifted, index_order="F")
+    assert read_label(tmp_path / "off.nrrd", series, NAMES, problems) is None
+    assert str(tmp_path / "off.nrrd") in message(problems) and "not on the series' grid" in message(problems)
