@@ -85,12 +85,18 @@ def _files(folder: Path, problems: list[Problem]) -> list[Path] | None:
         return None
     found: list[Path] = []
     for root, dirs, names in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        links = [d for d in dirs if not d.startswith(".") and os.path.islink(os.path.join(root, d))]
+        problems.extend(Problem(Path(root) / d, "a link to a folder (not followed): copy the folder's files into "
+                                                "the case folder or remove the link") for d in links)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
         found.extend(Path(root) / n for n in names if not n.startswith("."))
         if len(found) > MAX_FILES:
             problems.append(Problem(folder, f"more than {MAX_FILES:,} files: a case folder holds one series and its "
                                             "label; split the folder into cases"))
             return None
+    odd = [p for p in found if not p.is_file()]  # a fifo, a device, a broken or looping link
+    problems.extend(Problem(p, "not a regular file (a broken or looping link, a device or a pipe): remove it "
+                               "from the case folder") for p in sorted(odd))
     return sorted(p for p in found if p.is_file())
 
 

@@ -5,6 +5,7 @@ The received files are handed on as the bytes the PACS sent (``encoded_dataset``
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,8 +126,11 @@ class Dimse:
         for sop_class in classes:
             scp.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         lock = threading.Lock()
+        pacs_addresses = addresses(self.config.host)
 
         def on_move_store(event) -> int:
+            if not from_pacs(event.assoc.requestor.address, pacs_addresses):
+                return 0xA801  # refused: only the PACS asked for may store into this pull (any AE title can lie)
             with lock:
                 return on_store(event)
 
@@ -164,6 +168,20 @@ class Dimse:
                 status = assoc.send_c_store(path)
                 statuses.append(getattr(status, "Status", None))
         return statuses
+
+
+def addresses(host: str) -> set[str]:
+    """The IP addresses ``host`` resolves to (empty when it does not resolve)."""
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return set()
+
+
+def from_pacs(peer: object, pacs: set[str]) -> bool:
+    """Whether a C-STORE for a C-MOVE comes from an address of the PACS (IPv4-mapped IPv6 compared as IPv4)."""
+    peer = str(peer)
+    return peer in pacs or (peer.startswith("::ffff:") and peer[7:] in pacs)
 
 
 def _identifier(case: Case, series: str, sop: str | None) -> Dataset:
