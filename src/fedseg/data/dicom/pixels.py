@@ -27,7 +27,7 @@ from fedseg.errors import printable
 RAW_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 """Transfer syntaxes whose PixelData, once pydicom has read the file, is the raw little-endian pixels."""
 NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "RTIMAGE", "SR", "PR", "KO",
-                                  "REG", "DOC", "FID", "PLAN", "AU", "ECG", "HD", "RWV", "OT_LABEL"})
+                                  "REG", "DOC", "FID", "PLAN", "AU", "ECG", "HD", "RWV"})
 MAX_SIDE = 2**16 - 1  # Rows and Columns are 16-bit in DICOM
 EXPORT_FIX = ("export the series again uncompressed from the PACS or viewer, or convert it with "
               "`gdcmconv --raw IN OUT` (GDCM) or `dcmdjpeg`/`dcmdrle` (DCMTK)")
