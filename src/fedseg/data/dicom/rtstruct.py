@@ -2,10 +2,11 @@
 
 Each closed planar contour (patient coordinates, mm) lies on a slice of the series: its points are
 taken to index space with the series' grid, it must lie within half a slice of one slice, and is
-filled there with Pillow (a pixel is inside when the polygon covers it, boundary included, as
-rt-utils' OpenCV fill does). Several contours of one ROI on one slice combine by even-odd (a
-contour inside another is a hole). Where ROIs of different classes overlap, the larger stored value
-wins. Only declared classes must have contours; POINT and OPEN contours of an ROI are refused.
+filled there with Pillow, its vertices rounded to the nearest pixel first (Pillow would floor them)
+as rt-utils does before its OpenCV fill: the pixels whose centre is inside, boundary pixels included.
+Several contours of one ROI on one slice combine by even-odd (a contour inside another is a hole).
+Where ROIs of different classes overlap, the larger stored value wins. Only declared classes must
+have contours; POINT and OPEN contours of an ROI are refused.
 An RTSTRUCT must be drawn on the case's series: its referenced series is that series, or (without a
 series reference) its frame of reference is the series'. A frame of reference UID that differs while
 the series reference matches is accepted: rt-utils writes a new one into every structure set.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pydicom.multival import MultiValue
 
 from fedseg.data.dicom.geometry import Series
 from fedseg.data.dicom.pixels import read_dicom, unreadable
@@ -84,14 +86,19 @@ def _roi_mask(path: Path, name: str, contours: list, to_index: np.ndarray, shape
     points_total = 0
     for contour in contours:
         kind = str(contour.get("ContourGeometricType", ""))
-        data = contour.get("ContourData", [])
+        data = contour.get("ContourData", None)
+        data = [] if data is None else list(data) if isinstance(data, (list, tuple, MultiValue)) else [data]
         points_total += len(data) // 3
         if kind != "CLOSED_PLANAR" or len(data) < 9 or len(data) % 3 or points_total > MAX_POINTS:
             problems.append(Problem(path, f"{where} has a {printable(kind)[:20] or 'untyped'} contour of {len(data) // 3} "
                                           "point(s): a class needs CLOSED_PLANAR contours of at least 3 points "
                                           f"(at most {MAX_POINTS:,} in all)"))
             return None
-        points = np.asarray(data, dtype=float).reshape(-1, 3)
+        try:
+            points = np.asarray(data, dtype=float).reshape(-1, 3)
+        except (TypeError, ValueError):
+            problems.append(Problem(path, f"{where} has a contour whose ContourData are not all numbers: export it again"))
+            return None
         index = (to_index @ np.column_stack([points, np.ones(len(points))]).T)[:3].T
         k = float(np.mean(index[:, 2]))
         if not np.isfinite(index).all() or abs(k - round(k)) > 0.5 or np.ptp(index[:, 2]) > 0.5 \
@@ -101,7 +108,12 @@ def _roi_mask(path: Path, name: str, contours: list, to_index: np.ndarray, shape
                                           "another series or grid; export it again on this series"))
             return None
         layer = Image.new("1", (columns, rows), 0)
-        ImageDraw.Draw(layer).polygon([(float(x), float(y)) for x, y in index[:, :2]], fill=1, outline=1)
+        if np.abs(index[:, :2]).max() > 2**20:  # Pillow's coordinates are C ints
+            problems.append(Problem(path, f"{where} has a contour point {np.round(points[0], 2).tolist()} mm, over a "
+                                          "million pixels off the image: export it again on this series"))
+            return None
+        vertices = np.round(index[:, :2])  # Pillow would floor the coordinates; rounded as rt-utils does
+        ImageDraw.Draw(layer).polygon([(int(x), int(y)) for x, y in vertices], fill=1, outline=1)
         slice_index = int(round(k))
         if slice_index in layers:  # even-odd: a second contour on the slice cuts a hole (or adds an island)
             layer = Image.fromarray(np.asarray(layers[slice_index]) ^ np.asarray(layer))
