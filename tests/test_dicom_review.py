@@ -39,3 +39,88 @@ def test_a_c_move_store_is_accepted_only_from_the_pacs_address():
     assert from_pacs("127.0.0.1", pacs) and from_pacs("::ffff:127.0.0.1", pacs)
     assert not from_pacs("10.9.8.7", pacs) and not from_pacs("127.0.0.2", pacs)
     assert not from_pacs("127.0.0.1", addresses("no-such-host.invalid"))  # unresolvable: nobody
+
+
+def fake_dicomweb(study: str, honour_offset: bool):
+    """A DICOMweb 'PACS' on a local port: QIDO-RS lists one instance (on every page unless it honours
+    offset), WADO-RS trickles one byte every 20 ms for ever. Returns (port, stop)."""
+    import json
+    import socket
+    import threading
+    import time
+
+    from pydicom.uid import generate_uid
+
+    qido = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}, "0020000E": {"vr": "UI", "Value": [generate_uid()]},
+                        "00080018": {"vr": "UI", "Value": [generate_uid()]},
+                        "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}}]).encode()
+    server, stop = socket.socket(), threading.Event()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                continue
+            with client:
+                line = client.recv(65536).split(b"\r\n")[0]
+                if b"/instances" in line:  # QIDO-RS
+                    body = b"[]" if honour_offset and b"offset=0" not in line else qido
+                    client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: "
+                                   + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                    continue
+                client.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: multipart/related; type="application/dicom"; '
+                               b"boundary=b\r\nContent-Length: 1000000000\r\n\r\n--b\r\n")
+                while not stop.is_set():  # never a timeout, never an end
+                    try:
+                        client.sendall(b"x")
+                    except OSError:
+                        break
+                    time.sleep(0.02)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def close() -> None:
+        stop.set()
+        server.close()
+
+    return server.getsockname()[1], close
+
+
+@pytest.mark.parametrize("honour_offset", [True, False], ids=["trickling-wado", "endless-qido-pages"])
+def test_a_dicomweb_pacs_that_never_finishes_is_cut_and_named(tmp_path, monkeypatch, honour_offset):
+    import threading
+    import time
+
+    from pydicom.uid import generate_uid
+
+    from fedseg.data.pacs import PacsError, load_config, pull
+    from fedseg.data.pacs import dicomweb
+
+    study = generate_uid()
+    port, close = fake_dicomweb(study, honour_offset)
+    monkeypatch.setattr(dicomweb, "MAX_RESPONSE_S", 1.0)
+    config = tmp_path / "pacs.toml"
+    config.write_text(f'[pacs]\ndicomweb = "http://127.0.0.1:{port}/dicom-web"\ntimeout_s = 0.5\n\n'
+                      f'[[cases]]\nname = "c1"\nstudy = "{study}"\n')
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_pulled(pull, load_config(config), tmp_path)),
+                              daemon=True)
+    start = time.monotonic()
+    worker.start()
+    worker.join(20)
+    close()
+    assert not worker.is_alive(), "the pull never ended"
+    assert time.monotonic() - start < 15
+    assert isinstance(outcome[0], PacsError) or "c1" in outcome[0].failed, outcome
+    assert not list((tmp_path / "site").rglob("*.dcm"))
+
+
+def _pulled(pull, config, tmp_path):
+    try:
+        return pull(config, tmp_path / "site")
+    except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+        return exc

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import pydicom
@@ -21,6 +23,9 @@ ANY_SYNTAX = (("application/dicom", "*"),)
 """WADO-RS media type: the instance in the transfer syntax the PACS stores it in (no transcoding)."""
 MAX_INSTANCES = 1_000_000
 RETRIES = 3
+MAX_RESPONSE_S = 6 * 3600.0
+"""One answer (a whole series included) may take this long: timeout_s bounds each wait, this the whole,
+so a PACS that trickles bytes forever cannot hold a pull for ever."""
 STUDY, SERIES, SOP, SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
 
 
@@ -46,6 +51,7 @@ class DicomWeb:
         self.config = config
         session = session or requests.Session()
         session.auth = credentials(config)
+        session.hooks["response"].append(_bounded)
         if config.ca_bundle:
             session.verify = str(config.ca_bundle)
         self.client = DICOMwebClient(config.dicomweb, session=session, timeout=config.timeout_s)
@@ -56,20 +62,26 @@ class DicomWeb:
     def find(self, case: Case) -> list[Instance]:
         """The case's instances on the PACS (every series of its study, or the listed ones)."""
         where = f"QIDO-RS {self.config.dicomweb}"
-        found = []
+        found: dict[str, Instance] = {}
         for series in case.series or (None,):
-            with self.errors(case):
-                answer = self.client.search_for_instances(
-                    case.study, series, fields=[SOP_CLASS], get_remaining=True)
-            if not isinstance(answer, list) or len(answer) > MAX_INSTANCES:
-                raise PacsError(f"{where}: case '{case.name}': the PACS answered the search with something that is "
-                                "not a list of instances")
-            for item in answer:
-                if not isinstance(item, dict):
-                    raise PacsError(f"{where}: case '{case.name}': an instance in the answer is not a JSON object")
-                found.append(instance(_value(item, STUDY) or case.study, _value(item, SERIES),
-                                      _value(item, SOP), _value(item, SOP_CLASS), where))
-        return found
+            offset = 0
+            while True:  # pages until an empty one; a page with nothing new ends it (a PACS ignoring offset)
+                with self.errors(case):
+                    answer = self.client.search_for_instances(case.study, series, fields=[SOP_CLASS], offset=offset)
+                if not isinstance(answer, list) or len(found) + len(answer) > MAX_INSTANCES:
+                    raise PacsError(f"{where}: case '{case.name}': the PACS answered the search with something that "
+                                    f"is not a list of at most {MAX_INSTANCES:,} instances")
+                before = len(found)
+                for item in answer:
+                    if not isinstance(item, dict):
+                        raise PacsError(f"{where}: case '{case.name}': an instance in the answer is not a JSON object")
+                    got = instance(_value(item, STUDY) or case.study, _value(item, SERIES),
+                                   _value(item, SOP), _value(item, SOP_CLASS), where)
+                    found.setdefault(got.sop, got)
+                if len(found) == before:
+                    break
+                offset += len(answer)
+        return list(found.values())
 
     def retrieve(self, case: Case, wanted: list[Instance], whole_series: set[str],
                  sink: Callable[[bytes], None]) -> None:
@@ -104,6 +116,9 @@ class DicomWeb:
         except requests.ConnectionError:
             raise PacsUnavailable(f"cannot reach the PACS at {address}: check dicomweb in {config.path}, the network "
                             "and that the PACS is running") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise PacsError(f"{address}: {of}: the answer broke off (connection lost, or not whole within "
+                            f"{MAX_RESPONSE_S:g} s); rerun the pull: what arrived is kept") from None
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             error = PacsUnavailable if code in (401, 403) else PacsError
@@ -111,6 +126,33 @@ class DicomWeb:
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise PacsError(f"{address}: {of}: the PACS answer could not be read ({type(exc).__name__}); is "
                             f"{address} a DICOMweb service root?") from None
+
+
+def _bounded(response: requests.Response, *args, **kwargs) -> requests.Response:
+    """A response hook: the connection is shut after MAX_RESPONSE_S unless the body was read by then
+    (the read then fails as a lost connection, reported by ``errors``)."""
+    raw, connection = response.raw, getattr(response.raw, "_connection", None)
+    sock, stream = getattr(connection, "sock", None), getattr(raw, "stream", None)
+    if sock is None or stream is None:
+        return response
+
+    def cut() -> None:
+        if getattr(raw, "_connection", None) is connection:  # still this answer's: not back in the pool
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(MAX_RESPONSE_S, cut)
+    timer.daemon = True
+    timer.start()
+
+    def bounded(*a, **k):
+        try:
+            yield from stream(*a, **k)
+        finally:
+            timer.cancel()
+
+    raw.stream = bounded
+    return response
 
 
 def _http_message(response: requests.Response | None, config: PacsConfig, of: str) -> str:
