@@ -124,3 +124,36 @@ def _pulled(pull, config, tmp_path):
         return pull(config, tmp_path / "site")
     except Exception as exc:  # noqa: BLE001 - the test looks at what it was
         return exc
+
+
+def test_a_pacs_sending_the_same_instance_without_end_is_stopped_and_named(tmp_path, monkeypatch):
+    from pydicom.uid import generate_uid
+    from test_pacs import ct_instance, encoded
+
+    import importlib
+
+    pull_module = importlib.import_module("fedseg.data.pacs.pull")
+    from fedseg.data.pacs.cache import Instance
+    from fedseg.data.pacs.config import parse_config
+
+    study, series = generate_uid(), generate_uid()
+    one = ct_instance(study, series, 1)
+    sent = [0]
+
+    class Endless:
+        def __init__(self, config):
+            self.config = config
+
+        def find(self, case):
+            return [Instance(study, series, one.SOPInstanceUID, one.SOPClassUID)]
+
+        def retrieve(self, case, wanted, whole, sink):
+            while sent[0] < 10_000:
+                sent[0] += 1
+                sink(encoded(one))
+
+    monkeypatch.setattr(pull_module, "connect", lambda config, session=None: Endless(config))
+    config = parse_config({"pacs": {"dicomweb": "http://pacs.example.org/dicom-web"},
+                           "cases": [{"name": "c1", "study": study}]}, Path("pacs.toml"))
+    summary = pull_module.pull(config, tmp_path / "site")
+    assert sent[0] < 100 and "sent 13 files for the 1 asked for" in summary.failed["c1"]

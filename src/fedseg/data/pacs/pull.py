@@ -99,8 +99,13 @@ def _fetch(pacs, cache: SiteCache, case: Case, listed: list[Instance], wanted: l
     whole = {i.series for i in wanted} - begun  # nothing of these here yet: one request per series
     allowed = {i.series for i in listed}
     where = f"pull from {pacs.config.address}"
+    received = [0]
 
     def sink(data: bytes) -> None:
+        received[0] += 1
+        if received[0] > 2 * len(listed) + 10:  # a PACS sending the same or unlisted instances without end
+            raise PacsError(f"{where}: case '{case.name}': the PACS sent {received[0]} files for the {len(wanted)} "
+                            "asked for; the PACS answers retrieves wrongly: tell its administrator")
         cache.accept(case, data, allowed, where)
         summary.downloaded += 1
         if progress:
