@@ -157,3 +157,15 @@ def test_a_pacs_sending_the_same_instance_without_end_is_stopped_and_named(tmp_p
                            "cases": [{"name": "c1", "study": study}]}, Path("pacs.toml"))
     summary = pull_module.pull(config, tmp_path / "site")
     assert sent[0] < 100 and "sent 13 files for the 1 asked for" in summary.failed["c1"]
+
+
+def test_predict_on_a_pulled_sites_dicom_folder_names_each_case_even_one(tmp_path):
+    from fedseg.predict import _dicom_series
+
+    dicom = tmp_path / "site" / "dicom"
+    write(dicom / "case_001" / "1.2.3", 2)
+    (dicom / ".pacs").mkdir()
+    assert _dicom_series(dicom) == {"case_001": dicom / "case_001"}  # not one input named 'dicom'
+    write(dicom / "case_002" / "1.2.4", 2, series="1.2.4")
+    assert list(_dicom_series(dicom)) == ["case_001", "case_002"]
+    assert list(_dicom_series(dicom / "case_001")) == ["case_001"]

@@ -172,8 +172,11 @@ def _dicom_series(folder: Path) -> dict[str, Path]:
     named by the folder), else each of its sub-folders holding one (a DICOM site's ``dicom/``)."""
     from fedseg.data.dicom.scan import scan_folder
 
+    from fedseg.data.pacs.cache import RECORDS
+
     series = scan_folder(folder, []).series  # headers only; reading the input reports each file's problems
-    if len(series) <= 1:
+    pulled = (folder / RECORDS).is_dir()  # a pulled site's dicom/: its sub-folders are the cases, even one
+    if len(series) <= 1 and not (pulled and series):
         found = {folder.name: folder} if series else {}
     else:
         found = {}
