@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nrrd
 import numpy as np
+import pytest
 
 from fedseg.data.dicom.export import write_series
 from fedseg.data.dicom.geometry import LPS_TO_RAS
@@ -51,3 +52,22 @@ def test_segment_names_come_in_file_order_for_seg_and_slicer_nrrd_and_none_for_a
     plain = slicer_nrrd(tmp_path / "plain.nrrd", label(), series.volume.affine, {})
     assert segment_names(plain) == [] and problems == []
     assert segment_names(tmp_path / "missing.dcm") == [] and segment_names(series.files[0]) == []
+
+
+def test_a_detached_nrrd_header_may_name_only_a_data_file_beside_it(tmp_path):
+    import nrrd
+
+    from fedseg.data.dicom.labels import read_nrrd
+    from fedseg.data.readers import ReadError
+
+    case = tmp_path / "case"
+    case.mkdir()
+    nrrd.write(str(case / "label.nhdr"), np.zeros((4, 4, 2), np.int16), detached_header=True,
+               header={"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)})
+    assert read_nrrd(case / "label.nhdr").spatial_shape == (4, 4, 2)
+    (tmp_path / "other.raw.gz").write_bytes((case / "label.raw.gz").read_bytes())
+    for target in ("../other.raw.gz", "/dev/zero"):
+        text = (case / "label.nhdr").read_text().replace("data file: label.raw.gz", f"data file: {target}")
+        (case / "evil.nhdr").write_text(text)
+        with pytest.raises(ReadError, match="not a plain file beside the header"):
+            read_nrrd(case / "evil.nhdr")

@@ -76,6 +76,7 @@ def read_nrrd(path: Path) -> Volume:
                             "segmentation as a labelmap, one layer)")
         if math.prod(sizes) > max_values():
             raise ReadError(f"declares {' x '.join(map(str, sizes))} voxels, over the limit of {max_values():,}")
+        _check_data_files(path, header)
         space = str(header.get("space", ""))
         if space not in SPACES:
             raise ReadError(f"its space {printable(space)[:40]!r} is not one of {', '.join(sorted(SPACES))}: save it "
@@ -91,6 +92,19 @@ def read_nrrd(path: Path) -> Volume:
     if not np.isfinite(affine).all():
         raise ReadError("has NaN or infinite space directions or origin; fix its header")
     return Volume(np.asarray(data)[None], LPS_TO_RAS @ SPACES[space] @ affine)
+
+
+def _check_data_files(path: Path, header: Mapping) -> None:
+    """A detached header (``.nhdr``) may name data files only beside it: plain files in its own folder,
+    not a pipe, a device or another case's data."""
+    names = header.get("data file") or header.get("datafile")
+    if names is None:
+        return
+    for name in [names] if isinstance(names, str) else list(names)[:10_000]:
+        data = Path(path).parent / str(name)
+        if data.resolve().parent != Path(path).resolve().parent or not data.is_file():
+            raise ReadError(f"its data file {printable(str(name))[:80]!r} is not a plain file beside the header: keep "
+                            "a detached NRRD's data file in the same folder (or save it as one .nrrd)")
 
 
 def _nrrd_label(path: Path, series: Series, names: Mapping[str, int], problems: list[Problem]) -> np.ndarray | None:
