@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,12 @@ from pathlib import Path
 
 import tomli_w
 
+from net import free_ports
+
 from fedseg.runtime.flare import admin
 from fedseg.runtime.flare.provision import load_project, provision, read_kit
 
 FEDSEG = [sys.executable, "-m", "fedseg.cli"]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def write_project(path: Path, name: str, sites: list[str], ports: list[int], homomorphic: bool = False,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pydicom
 import requests
+
+from net import free_ports
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -33,16 +34,6 @@ def missing() -> str | None:
             return (f"{path} not found: install Debian's {package} package "
                     "(apt-get install --no-install-recommends orthanc orthanc-dicomweb); .ci/run does this as root")
     return None
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @dataclass

@@ -4,38 +4,19 @@ each bad label file is a Problem naming the file and the fix."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fedseg.data.dicom.export import write_series
-from fedseg.data.dicom.labels import read_label, read_nrrd
+from dicom_builders import SHAPE, grid_series, rtstruct, shared, square
+from fedseg.data.dicom.labels import read_label
 from fedseg.data.dicom.rtstruct import read_rtstruct
 from fedseg.data.dicom.seg import read_seg
 from fedseg.data.dicom.seg_writer import write_seg
 from fedseg.data.dicom.series import read_series
-from fedseg.data.readers import Volume
 
-SHARED_DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
 NAMES = {"liver": 1, "tumor": 2}
-SHAPE = (10, 9, 4)
-
-
-def shared(folder: str) -> Path:
-    if not (SHARED_DICOM / folder).is_dir():
-        pytest.skip(f"real DICOM data not available: {SHARED_DICOM / folder} (../shared/data/dicom)")
-    return SHARED_DICOM / folder
-
-
-def series_at(folder: Path, key: str = "labels/a"):
-    """A synthetic CT whose LPS grid is the index grid: (column, row, slice) -> (x, y, 2 * slice) mm."""
-    array = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(1, *SHAPE) % 100
-    return write_series(Volume(array, np.diag([-1.0, -1.0, 2.0, 1.0])), folder, key, modality="CT")
 
 
 def sample_label() -> np.ndarray:
@@ -51,7 +32,7 @@ def message(problems) -> str:
 
 
 def test_a_seg_reads_back_as_the_task_values_of_its_segment_names(tmp_path):
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     write_seg(sample_label(), series, ["Liver", "Tumor"], tmp_path / "seg.dcm", algorithm_name="", algorithm_version="")
     problems = []
     got = read_seg(tmp_path / "seg.dcm", series, {"liver": 7, "tumor": 3}, problems)
@@ -61,7 +42,7 @@ def test_a_seg_reads_back_as_the_task_values_of_its_segment_names(tmp_path):
 
 
 def test_a_seg_of_another_series_study_or_frame_of_reference_is_refused_with_the_fix(tmp_path):
-    series, other = series_at(tmp_path / "ct"), series_at(tmp_path / "other", key="labels/b")
+    series, other = grid_series(tmp_path / "ct"), grid_series(tmp_path / "other", key="labels/b")
     seg = write_seg(sample_label(), other, ["Liver", "Tumor"], tmp_path / "seg.dcm", algorithm_name="",
                     algorithm_version="")
     problems = []
@@ -78,7 +59,7 @@ def test_a_seg_of_another_series_study_or_frame_of_reference_is_refused_with_the
 
 
 def test_an_undeclared_segment_name_lists_the_declared_names(tmp_path):
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     seg = write_seg(sample_label(), series, ["Liver", "Spleen"], tmp_path / "seg.dcm", algorithm_name="",
                     algorithm_version="")
     problems = []
@@ -88,7 +69,7 @@ def test_an_undeclared_segment_name_lists_the_declared_names(tmp_path):
 
 
 def test_a_truncated_seg_is_a_problem_not_a_crash(tmp_path):
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     seg = write_seg(sample_label(), series, ["Liver", "Tumor"], tmp_path / "seg.dcm", algorithm_name="",
                     algorithm_version="")
     data = seg.read_bytes()
@@ -99,45 +80,8 @@ def test_a_truncated_seg_is_a_problem_not_a_crash(tmp_path):
     assert str(cut) in message(problems)
 
 
-def rtstruct(path: Path, series, contours: list[list[float]], *, name: str = "Liver", frame: str | None = None) -> Path:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", series.study_uid, generate_uid()
-    ds.FrameOfReferenceUID = frame or series.frame_of_reference_uid
-    ref_series = Dataset()
-    ref_series.SeriesInstanceUID = series.series_uid
-    study = Dataset()
-    study.RTReferencedSeriesSequence = Sequence([ref_series])
-    ref_frame = Dataset()
-    ref_frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
-    ref_frame.RTReferencedStudySequence = Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([ref_frame])
-    roi = Dataset()
-    roi.ROINumber, roi.ROIName = 1, name
-    ds.StructureSetROISequence = Sequence([roi])
-    items = []
-    for points in contours:
-        item = Dataset()
-        item.ContourGeometricType, item.NumberOfContourPoints = "CLOSED_PLANAR", len(points) // 3
-        item.ContourData = [f"{v:g}" for v in points]
-        items.append(item)
-    roi_contour = Dataset()
-    roi_contour.ReferencedROINumber, roi_contour.ContourSequence = 1, Sequence(items)
-    ds.ROIContourSequence = Sequence([roi_contour])
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def square(lo: float, hi: float, z: float) -> list[float]:
-    return [lo, lo, z, hi, lo, z, hi, hi, z, lo, hi, z]
-
-
 def test_an_rtstruct_square_with_a_square_hole_fills_exactly(tmp_path):
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     path = rtstruct(tmp_path / "rt.dcm", series, [square(2, 7, 4.0), square(4, 5, 4.0)])
     problems = []
     got = read_rtstruct(path, series, NAMES, problems)
@@ -149,34 +93,19 @@ def test_an_rtstruct_square_with_a_square_hole_fills_exactly(tmp_path):
 
 
 def test_an_rtstruct_contour_off_every_slice_or_of_another_frame_is_refused_with_the_fix(tmp_path):
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     problems = []
     assert read_rtstruct(rtstruct(tmp_path / "off.dcm", series, [square(2, 7, 40.0)]), series, NAMES, problems) is None
     text = message(problems)
     assert str(tmp_path / "off.dcm") in text and "no slice" in text and "export it again on this series" in text
     problems = []
-    path = rtstruct(tmp_path / "other.dcm", series_at(tmp_path / "b", "labels/b"), [square(2, 7, 4.0)])
+    path = rtstruct(tmp_path / "other.dcm", grid_series(tmp_path / "b", "labels/b"), [square(2, 7, 4.0)])
     assert read_rtstruct(path, series, NAMES, problems) is None
     assert str(path) in message(problems) and "another study" in message(problems)
     problems = []
     assert read_rtstruct(rtstruct(tmp_path / "name.dcm", series, [square(2, 7, 4.0)], name="Kidney"), series, NAMES,
                          problems) is None
     assert "'Kidney'" in message(problems) and "liver, tumor" in message(problems)
-
-
-@pytest.mark.real_data
-def test_the_real_seg_equals_its_nrrd_twin_voxel_for_voxel():
-    folder = shared("ct-liver-seg")
-    problems = []
-    series = read_series(sorted((folder / "ct").glob("*.dcm")), 3, problems)
-    assert series is not None and problems == []
-    seg = read_seg(folder / "liver-seg.dcm", series, {"liver": 1}, problems)
-    assert problems == []
-    nrrd_volume = read_nrrd(folder / "liver-seg.nrrd")
-    assert nrrd_volume.spatial_shape == series.spatial_shape
-    assert np.allclose(nrrd_volume.affine, series.volume.affine, atol=1e-3)  # the same grid
-    assert np.array_equal(seg, (nrrd_volume.array[0] > 0).astype(np.int64))
-    assert int((seg > 0).sum()) == 107_098
 
 
 @pytest.mark.real_data
@@ -199,7 +128,7 @@ def test_overlapping_segments_take_the_larger_stored_value(tmp_path):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     liver, tumor = sample_label() > 0, sample_label() == 2  # the tumour lies inside the liver segment
     pixels = np.stack([liver, tumor], axis=-1).transpose(2, 1, 0, 3).astype(np.uint8)  # (slices, rows, cols, segs)
     segments = [hd.seg.SegmentDescription(segment_number=i, segment_label=name,
@@ -223,7 +152,7 @@ def test_overlapping_segments_take_the_larger_stored_value(tmp_path):
 def test_a_slicer_seg_nrrd_maps_segment_names_and_a_plain_nrrd_keeps_its_values(tmp_path):
     import nrrd
 
-    series = series_at(tmp_path / "ct")
+    series = grid_series(tmp_path / "ct")
     lps = series.lps_affine()
     header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3],
               "Segment0_Name": "Tumor", "Segment0_LabelValue": "1", "Segment1_Name": "Liver",

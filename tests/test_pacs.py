@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from fedseg.cli import main
 from fedseg.data.pacs import PacsError, PacsUnavailable, load_config, pull, push
 from fedseg.data.pacs.config import UID, parse_config
-from orthanc_harness import free_ports
+from net import free_ports
 
 USER_ENV, PASSWORD_ENV = "FEDSEG_TEST_PACS_USER", "FEDSEG_TEST_PACS_PASSWORD"
 

@@ -18,7 +18,7 @@ from fedseg.data.case_files import AFFINE_TOLERANCE
 from fedseg.data.dicom.geometry import LPS_TO_RAS, Series
 from fedseg.data.dicom.pixels import read_dicom, unreadable
 from fedseg.data.dicom.rtstruct import read_rtstruct
-from fedseg.data.dicom.seg import read_seg
+from fedseg.data.dicom.seg import declared, read_seg
 from fedseg.data.errors import Problem
 from fedseg.data.readers import NRRD_SUFFIXES, ReadError, Volume, max_values
 from fedseg.data.task import name_key
@@ -128,11 +128,7 @@ def _nrrd_label(path: Path, series: Series, names: Mapping[str, int], problems: 
         return None
     if not segments:
         return data.astype(np.int64)
-    undeclared = [n for n in segments.values() if name_key(n) not in names]
-    if undeclared:
-        problems.append(Problem(path, f"segment(s) {', '.join(repr(printable(n)) for n in undeclared)} not declared by "
-                                      f"the task (its classes' names: {', '.join(sorted(names))}): add the name to "
-                                      "the class in [task] labels or names"))
+    if not declared(path, segments.values(), names, problems):
         return None
     unnamed = sorted(set(np.unique(data).tolist()) - set(segments) - {0})
     if unnamed:

@@ -23,7 +23,7 @@ from pydicom.multival import MultiValue
 
 from fedseg.data.dicom.geometry import Series
 from fedseg.data.dicom.pixels import read_dicom, unreadable
-from fedseg.data.dicom.seg import _check_references, on_series_grid
+from fedseg.data.dicom.seg import _check_references, declared, on_series_grid
 from fedseg.data.errors import Problem
 from fedseg.data.task import name_key
 from fedseg.errors import printable
@@ -45,11 +45,7 @@ def read_rtstruct(path: Path, series: Series, names: Mapping[str, int], problems
         return None
     _check_references(path, ds, series, problems)
     _check_frames(path, ds, series, problems)
-    undeclared = [name for name in rois.values() if name_key(name) not in names]
-    if undeclared:
-        problems.append(Problem(path, f"ROI(s) {', '.join(repr(printable(n)) for n in undeclared)} not declared by the "
-                                      f"task (its classes' names: {', '.join(sorted(names))}): add the name to the "
-                                      "class in [task] labels or names"))
+    declared(path, rois.values(), names, problems, "ROI")
     if len(problems) > before:
         return None
     shape = series.spatial_shape if len(series.spatial_shape) == 3 else (*series.spatial_shape[::-1], 1)

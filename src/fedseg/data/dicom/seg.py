@@ -9,7 +9,7 @@ value wins (a tumour drawn inside its organ stays tumour when the tumour's value
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +47,7 @@ def read_seg(path: Path, series: Series, names: Mapping[str, int], problems: lis
                                       "export the segmentation again"))
         return None
     segments = {n: seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
-    undeclared = [label for label in segments.values() if name_key(label) not in names]
-    if undeclared:
-        problems.append(Problem(path, f"segment(s) {', '.join(repr(printable(n)) for n in undeclared)} not declared by "
-                                      f"the task (its classes' names: {', '.join(sorted(names))}): add the name to "
-                                      "the class in [task] labels or names (e.g. liver = [\"Liver\", \"Other name\"])"))
+    if not declared(path, segments.values(), names, problems):
         return None
     referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
     outside = referenced - set(series.sop_instance_uids)
@@ -74,6 +70,17 @@ def read_seg(path: Path, series: Series, names: Mapping[str, int], problems: lis
     for i in sorted(range(len(values)), key=values.__getitem__):  # the larger value is painted last and wins
         label[pixels[..., i] > 0.5] = values[i]
     return on_series_grid(label, series)
+
+
+def declared(path: Path, found: Iterable[str], names: Mapping[str, int], problems: list[Problem],
+             kind: str = "segment") -> bool:
+    """Whether every segment/ROI name ``found`` in ``path`` is a task class's; a problem listing the others."""
+    undeclared = [name for name in found if name_key(name) not in names]
+    if undeclared:
+        problems.append(Problem(path, f"{kind}(s) {', '.join(repr(printable(n)) for n in undeclared)} not declared by "
+                                      f"the task (its classes' names: {', '.join(sorted(names))}): add the name to "
+                                      "the class in [task] labels or names (e.g. liver = [\"Liver\", \"Other name\"])"))
+    return not undeclared
 
 
 def on_series_grid(frames: np.ndarray, series: Series) -> np.ndarray:
