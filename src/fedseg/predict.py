@@ -11,7 +11,9 @@ Each image goes through the run's deterministic preprocessing (``data.preprocess
 spacing, intensity, size) and the trainer's whole-image prediction (``training.inference``); MONAI
 inverts the spatial steps (``Invertd``, nearest neighbour), so the label map lies on the input's
 grid: a NIfTI with the input's affine and header, a PNG of the input's size; values are the task's
-label values.
+label values. A DICOM series (a folder; a folder of series folders gives one input each) is read as a
+site reads it and its prediction written as a DICOM SEG that refers to the series' images
+(``data.dicom.seg_writer``).
 """
 
 from __future__ import annotations
