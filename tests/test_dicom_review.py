@@ -169,3 +169,6 @@ def test_predict_on_a_pulled_sites_dicom_folder_names_each_case_even_one(tmp_pat
     write(dicom / "case_002" / "1.2.4", 2, series="1.2.4")
     assert list(_dicom_series(dicom)) == ["case_001", "case_002"]
     assert list(_dicom_series(dicom / "case_001")) == ["case_001"]
+    exported = tmp_path / "exported" / "dicom"  # an exported site's dicom/ with one case, no pull records
+    write(exported / "case_009" / "image", 2)
+    assert _dicom_series(exported) == {"case_009": exported / "case_009"}

@@ -173,12 +173,13 @@ def _dicom_series(folder: Path) -> dict[str, Path]:
     """A folder without image files as DICOM: itself if it holds one image series (anywhere below it,
     named by the folder), else each of its sub-folders holding one (a DICOM site's ``dicom/``)."""
     from fedseg.data.dicom.scan import scan_folder
-
     from fedseg.data.pacs.cache import RECORDS
+    from fedseg.data.site import DICOM_FOLDER
 
     series = scan_folder(folder, []).series  # headers only; reading the input reports each file's problems
-    pulled = (folder / RECORDS).is_dir()  # a pulled site's dicom/: its sub-folders are the cases, even one
-    if len(series) <= 1 and not (pulled and series):
+    # a DICOM site's dicom/ (named so, or holding a pull's records): its sub-folders are the cases, even one
+    cases = folder.name == DICOM_FOLDER or (folder / RECORDS).is_dir()
+    if len(series) <= 1 and not (cases and series):
         found = {folder.name: folder} if series else {}
     else:
         found = {}
