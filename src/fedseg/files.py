@@ -21,11 +21,12 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(handle)`` on a temporary binary file beside ``path``, then rename it over."""
+def write_atomic(path: Path, write, folder: Path | None = None) -> None:
+    """Call ``write(handle)`` on a temporary binary file beside ``path`` (or in ``folder``, on the same
+    file system, where a caller collects what an interruption leaves), then rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=folder or path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

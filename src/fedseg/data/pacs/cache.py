@@ -1,7 +1,7 @@
 """The site's local copy of what was pulled: ``SITE/dicom/<case>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
-Every file is written under ``SITE/dicom/.pacs/tmp`` and renamed into place, so a file in a case folder
-is always whole; a case whose every instance arrived is recorded in ``SITE/dicom/.pacs/<case>.json``
+Every file is written under ``SITE/dicom/.pacs/tmp`` and renamed into place (``files.write_atomic``), so
+a file in a case folder is always whole, also after a crash; a case whose every instance arrived is recorded in ``SITE/dicom/.pacs/<case>.json``
 (with what was asked for: a changed request pulls again). The dot-folder is not a case to the site
 reader. Every UID is checked before it becomes part of a path; every received dataset is checked to
 belong to the study and series that were asked for."""
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from fedseg.data.pacs.config import Case, PacsError, PacsUnavailable, check_uid
+from fedseg.files import write_atomic
 
 RECORDS = ".pacs"
 
@@ -106,18 +105,6 @@ class SiteCache:
 
     def _write(self, target: Path, data: bytes) -> None:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="part-")
+            write_atomic(target, lambda handle: handle.write(data), self.tmp)
         except OSError as exc:
-            raise PacsUnavailable(f"cannot write {target}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise PacsUnavailable(f"cannot write {target}: {exc.strerror or exc} (disk full?)") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
