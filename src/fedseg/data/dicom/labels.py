@@ -94,16 +94,20 @@ def read_nrrd(path: Path) -> Volume:
     return Volume(np.asarray(data)[None], LPS_TO_RAS @ SPACES[space] @ affine)
 
 
-def _check_data_files(path: Path, header: Mapping) -> None:
-    """A detached header (``.nhdr``) may name data files only beside it: plain files in its own folder,
-    not a pipe, a device or another case's data."""
+def data_files(path: Path, header: Mapping) -> list[Path]:
+    """The data files a detached NRRD header (``.nhdr``) names, as paths from its folder; [] for a .nrrd."""
     names = header.get("data file") or header.get("datafile")
     if names is None:
-        return
-    for name in [names] if isinstance(names, str) else list(names)[:10_000]:
-        data = Path(path).parent / str(name)
+        return []
+    return [Path(path).parent / str(name) for name in ([names] if isinstance(names, str) else list(names)[:10_000])]
+
+
+def _check_data_files(path: Path, header: Mapping) -> None:
+    """A detached header may name data files only beside it: plain files in its own folder, not a pipe,
+    a device or another case's data."""
+    for data in data_files(path, header):
         if data.resolve().parent != Path(path).resolve().parent or not data.is_file():
-            raise ReadError(f"its data file {printable(str(name))[:80]!r} is not a plain file beside the header: keep "
+            raise ReadError(f"its data file {printable(str(data))[-120:]!r} is not a plain file beside the header: keep "
                             "a detached NRRD's data file in the same folder (or save it as one .nrrd)")
 
 

@@ -23,7 +23,7 @@ from pydicom.multival import MultiValue
 
 from fedseg.data.dicom.geometry import Series
 from fedseg.data.dicom.pixels import read_dicom, unreadable
-from fedseg.data.dicom.seg import _check_references, declared, on_series_grid
+from fedseg.data.dicom.seg import check_references, declared, on_series_grid
 from fedseg.data.errors import Problem
 from fedseg.data.task import name_key
 from fedseg.errors import printable
@@ -43,7 +43,7 @@ def read_rtstruct(path: Path, series: Series, names: Mapping[str, int], problems
     except Exception as exc:  # noqa: BLE001 -- pydicom raises many types for damaged files
         problems.append(Problem(path, unreadable(exc)))
         return None
-    _check_references(path, ds, series, problems)
+    check_references(path, ds, series, problems)
     _check_frames(path, ds, series, problems)
     declared(path, rois.values(), names, problems, "ROI")
     if len(problems) > before:

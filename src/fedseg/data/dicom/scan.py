@@ -15,12 +15,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from fedseg.data.dicom.labels import data_files
 from fedseg.data.dicom.pixels import NON_IMAGE_MODALITIES, read_dicom, shown, text, unreadable
 from fedseg.data.errors import Problem
+from fedseg.data.readers import NRRD_SUFFIXES
 from fedseg.errors import printable
 
 LABEL_MODALITIES = frozenset({"SEG", "RTSTRUCT"})
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
 MAX_FILES = 100_000
 """Files one case folder may hold (a 3000-slice series is large; more is a folder mistake)."""
 DEFER = "64 KB"
@@ -108,10 +109,7 @@ def _nrrd_data_files(files: list[Path]) -> set[Path]:
     for path in files:
         if path.name.lower().endswith(".nhdr"):
             try:
-                header = nrrd.read_header(str(path))
-                name = header.get("data file") or header.get("datafile")
-                if isinstance(name, str):
-                    data.add(path.parent / name)
+                data.update(data_files(path, nrrd.read_header(str(path))))
             except Exception:  # the label reader reports a damaged header
                 continue
     return data

@@ -37,7 +37,7 @@ def read_seg(path: Path, series: Series, names: Mapping[str, int], problems: lis
         problems.append(Problem(path, f"the SEG declares {frames:,} values, over the limit of {max_values():,}; "
                                       "set FEDSEG_MAX_VOXELS if this machine has the memory"))
         return None
-    _check_references(path, dataset, series, problems)
+    check_references(path, dataset, series, problems)
     if len(problems) > before:
         return None
     try:
@@ -91,7 +91,7 @@ def on_series_grid(frames: np.ndarray, series: Series) -> np.ndarray:
     return np.ascontiguousarray(frames.transpose(2, 1, 0))
 
 
-def _check_references(path: Path, ds, series: Series, problems: list[Problem]) -> None:
+def check_references(path: Path, ds, series: Series, problems: list[Problem]) -> None:
     """Study, frame of reference and referenced series of a SEG or RTSTRUCT against the case's series."""
     study = str(ds.get("StudyInstanceUID", ""))
     if study != series.study_uid:
