@@ -71,3 +71,12 @@ def test_a_detached_nrrd_header_may_name_only_a_data_file_beside_it(tmp_path):
         (case / "evil.nhdr").write_text(text)
         with pytest.raises(ReadError, match="not a plain file beside the header"):
             read_nrrd(case / "evil.nhdr")
+
+
+def test_a_label_with_thousands_of_undeclared_names_gets_a_short_message(tmp_path):
+    from fedseg.data.dicom.seg import declared
+
+    problems = []
+    assert not declared(tmp_path / "x.dcm", [f"<script>{i}" * 20 for i in range(5000)], {"liver": 1}, problems)
+    [problem] = problems
+    assert len(problem.message) < 1500 and "and 4990 more" in problem.message and "liver" in problem.message

@@ -77,7 +77,9 @@ def declared(path: Path, found: Iterable[str], names: Mapping[str, int], problem
     """Whether every segment/ROI name ``found`` in ``path`` is a task class's; a problem listing the others."""
     undeclared = [name for name in found if name_key(name) not in names]
     if undeclared:
-        problems.append(Problem(path, f"{kind}(s) {', '.join(repr(printable(n)) for n in undeclared)} not declared by "
+        more = f" and {len(undeclared) - 10} more" if len(undeclared) > 10 else ""
+        shown = ", ".join(repr(printable(n)[:64]) for n in undeclared[:10]) + more
+        problems.append(Problem(path, f"{kind}(s) {shown} not declared by "
                                       f"the task (its classes' names: {', '.join(sorted(names))}): add the name to "
                                       "the class in [task] labels or names (e.g. liver = [\"Liver\", \"Other name\"])"))
     return not undeclared
