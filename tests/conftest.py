@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +16,22 @@ from fedseg.data.dataset import SiteDataset, SiteSpec
 from fedseg.data.preprocessing import Preprocessing
 from fedseg.data.splits import SplitFractions
 from fedseg.data.task import Task
+
+_CACHE: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    """Every test session preprocesses into a cache of its own (``FEDSEG_CACHE``, inherited by the
+    site and coordinator processes tests start), removed at the end, unless one is set already."""
+    if "FEDSEG_CACHE" not in os.environ:
+        _CACHE.append(tempfile.mkdtemp(prefix="fedseg-test-cache-"))
+        os.environ["FEDSEG_CACHE"] = _CACHE[0]
+
+
+def pytest_unconfigure(config) -> None:
+    for folder in _CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 HIPPOCAMPUS_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 BINARY_LABELS = {"background": 0, "lesion": 1}

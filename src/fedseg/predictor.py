@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.data.case_files import Case, read_image
-from fedseg.data.dataset import _resampled_too_big
+from fedseg.data.prepare import resampled_too_big
 from fedseg.data.errors import Problem
 from fedseg.data.loading import LoadedCase, _image_channels
 from fedseg.data.preprocessing import deterministic_transforms
@@ -71,7 +71,7 @@ class Predictor:
                 problems.append(Problem(item.files[0], "contains NaN or infinite values"))
             else:
                 volume = Volume(channels.astype(np.float32, copy=False), volume.affine)
-                too_big = _resampled_too_big(LoadedCase(Case(item.name, item.files[0], item.files[0]), volume, None),
+                too_big = resampled_too_big(LoadedCase(Case(item.name, item.files[0], item.files[0]), volume, None),
                                              self.preprocessing)
                 problems.extend([too_big] if too_big else [])
         if problems:

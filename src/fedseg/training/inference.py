@@ -3,6 +3,8 @@ label maps of one model or of an ensemble (evaluation, pictures of results and `
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
@@ -33,18 +35,19 @@ def predict_logits(network: nn.Module, image: torch.Tensor, roi_size: tuple[int,
                                                     mode="gaussian"))
 
 
-def predict_labels(network: nn.Module, members: list[Weights | None], images: list[torch.Tensor],
+def predict_labels(network: nn.Module, members: list[Weights | None], images: Iterable[torch.Tensor],
                    config: TrainingConfig, roi_size: tuple[int, ...] | None,
-                   device: torch.device) -> list[torch.Tensor]:
-    """Class-index maps ``[1, *spatial]`` of ``images``: one model's (``[None]``: the network as it
-    is), or the argmax of an ensemble's mean probabilities (each member's weights set in turn)."""
-    sums: list[torch.Tensor | None] = [None] * len(images)
-    with reproducible(device), Precision(device, config.amp).autocast():
-        for member in members:
-            if member is not None:
-                set_weights(network, member)
-            for i, image in enumerate(images):
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """Class-index maps ``[1, *spatial]`` of ``images``, one image at a time (an image is read when
+    its turn comes, so a split's images are never all in memory): one model's (``[None]``: the
+    network as it is), or the argmax of an ensemble's mean probabilities (members' weights set in turn)."""
+    for index, image in enumerate(images):
+        total = None
+        with reproducible(device), Precision(device, config.amp).autocast():
+            for member in members:
+                if member is not None and (index == 0 or len(members) > 1):  # one model: set once
+                    set_weights(network, member)
                 p = predict_probabilities(network, image.to(device), config.loss, roi_size,
                                           config.sw_batch_size, config.sw_overlap).float().cpu()
-                sums[i] = p if sums[i] is None else sums[i] + p
-    return [probabilities_to_labels(s[None] / len(members), config.loss)[0] for s in sums]
+                total = p if total is None else total + p
+        yield probabilities_to_labels(total[None] / len(members), config.loss)[0]

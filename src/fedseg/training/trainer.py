@@ -11,6 +11,7 @@ import itertools
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,14 +178,14 @@ class SiteTrainer:
     def predict_case(self, weights: Model, case: str, split: str = "test") -> tuple[np.ndarray, ...]:
         """(image, truth, prediction) of one preprocessed case as arrays, for pictures of results."""
         item = next(c for c in self.data.cases[split] if c["case"] == case)
-        prediction = self._predict(weights, [item])[0]
+        prediction = next(self._predict(weights, [item]))
         return item["image"][0].numpy(), item["label"][0].numpy(), prediction[0].numpy()
 
-    def _predict(self, weights: Model | None, cases: list[dict]) -> list[torch.Tensor]:
-        """Label maps of ``cases``: one model's (None: the network as it is), or the argmax of an
-        ensemble's mean probabilities."""
+    def _predict(self, weights: Model | None, cases: list[dict]) -> Iterator[torch.Tensor]:
+        """Label maps of ``cases`` one by one: one model's (None: the network as it is), or the argmax
+        of an ensemble's mean probabilities."""
         members = weights if isinstance(weights, list) else [weights]
-        return predict_labels(self.network, members, [case["image"] for case in cases], self.config,
+        return predict_labels(self.network, members, (case["image"] for case in cases), self.config,
                               self.roi_size, self.device)
 
     def _score(self, case: dict, prediction: torch.Tensor, with_distances: bool) -> CaseMetrics:
