@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "names: background=0,liver=Liver")
     check.add_argument("--dims", type=int, choices=(2, 3), help="spatial dimensions (default: from the files)")
     check.set_defaults(handler=_data_check)
+    cache = data.add_parser("cache", help="where this machine keeps preprocessed cases (FEDSEG_CACHE), how much")
+    cache.add_argument("--clear", action="store_true", help="delete every cached case (made again when needed)")
+    cache.set_defaults(handler=_data_cache)
 
     compare = commands.add_parser("compare", help="paired comparison of the models of several runs")
     compare.add_argument("run_dirs", type=Path, nargs="+", help="finished run directories (same data and seed)")
@@ -126,6 +129,20 @@ def _demo(args) -> int:
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     experiment = demo_experiment(out / "data", rounds=args.rounds, n_cases=args.cases)
     _run(experiment, out, resume=False)
+    return 0
+
+
+def _data_cache(args) -> int:
+    from fedseg.data.cache import cache_root, cache_size, clear_cache
+
+    root = cache_root()
+    if args.clear:
+        console.print(escape(f"deleted {clear_cache(root)} cached case(s) from {root}"), highlight=False)
+    else:
+        cases, size = cache_size(root)
+        console.print(escape(f"{root}: {cases} preprocessed case(s), {size / 2**20:.1f} MB; it stays on this "
+                             "machine (set FEDSEG_CACHE to move it, `fedseg data cache --clear` to empty it)"),
+                      highlight=False)
     return 0
 
 

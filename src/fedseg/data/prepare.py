@@ -72,7 +72,8 @@ def prepared(cases: list[Case], recipe: Recipe, store: CaseStore,
         for index in todo:
             yield index, *prepare_case(cases[index], keys[index], recipe, store)
         return
-    context = multiprocessing.get_context("forkserver")
+    context = multiprocessing.get_context("forkserver")  # not fork: the caller may run threads (FLARE's, rich's)
+    context.set_forkserver_preload(["fedseg.data.prepare"])  # imported once, in the server the workers fork from
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         running: dict[Future, int] = {}
         queue = iter(todo)
