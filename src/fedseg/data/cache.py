@@ -27,6 +27,7 @@ import tempfile
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 
@@ -38,8 +39,9 @@ CACHE_ENV = "FEDSEG_CACHE"
 MEMORY_ENV = "FEDSEG_MEMORY_CACHE_MB"
 PREP_WORKERS_ENV = "FEDSEG_PREP_WORKERS"
 LOADER_WORKERS_ENV = "FEDSEG_LOADER_WORKERS"
-FORMAT = 1
-"""Raised when what an entry holds changes meaning: every older entry becomes a miss."""
+FORMAT = 2
+"""Raised when what an entry holds changes meaning, or fedseg's preprocessing changes (the version
+of a development install does not move): every older entry becomes a miss."""
 ARRAYS = ("image", "label", "fg", "bg")
 MAX_WORKERS = 64
 
@@ -111,9 +113,14 @@ def _stat(path: Path) -> list:
 
 def case_key(files: list[Path], recipe: dict) -> str:
     """The cache key of a case: its files' identities and the recipe that preprocesses it."""
-    versions = {name: version(name) for name in ("monai", "torch", "numpy")}
-    text = json.dumps([FORMAT, versions, [file_identity(f) for f in files], recipe], sort_keys=True, default=str)
+    text = json.dumps([FORMAT, _versions(), [file_identity(f) for f in files], recipe], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    """What else shapes a preprocessed case: fedseg's own code and the libraries that resample."""
+    return {name: version(name) for name in ("fedseg", "monai", "torch", "numpy", "nibabel", "pillow", "pydicom")}
 
 
 @dataclass(frozen=True)

@@ -116,18 +116,30 @@ def _single_channel_label(array: np.ndarray, path: Path, problems: list[Problem]
 
 def _integer_values(label: np.ndarray, path: Path,
                     problems: list[Problem]) -> tuple[np.ndarray, dict[int, int], bool]:
-    """The label as int64 and its voxel count per value, if every value is a finite integer."""
-    if not np.isfinite(label).all():
-        problems.append(Problem(path, "label contains NaN or infinite values"))
-        return label, {}, False
-    if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
-        bad = np.unique(label[label != np.round(label)])[:5]
-        problems.append(Problem(path, f"label has non-integer values (e.g. {_fmt(bad)}); labels must be "
-                                      "integer class values: re-export with nearest-neighbour interpolation"))
-        return label, {}, False
-    label = label.astype(np.int64)
-    values, counts = np.unique(label, return_counts=True)
-    return label, {int(v): int(c) for v, c in zip(values, counts)}, False
+    """The label as integers and its voxel count per value, if every value is a finite integer
+    (an integer label is kept in its own type: a 512x512x120 CT label as int64 would be 250 MB)."""
+    if not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
+        if not np.isfinite(label).all():
+            problems.append(Problem(path, "label contains NaN or infinite values"))
+            return label, {}, False
+        if not np.array_equal(label, np.round(label)):
+            bad = np.unique(label[label != np.round(label)])[:5]
+            problems.append(Problem(path, f"label has non-integer values (e.g. {_fmt(bad)}); labels must be "
+                                          "integer class values: re-export with nearest-neighbour interpolation"))
+            return label, {}, False
+        label = label.astype(np.int64)
+    return label, _counts(label), False
+
+
+def _counts(label: np.ndarray) -> dict[int, int]:
+    """Voxel count per value: counted in slabs for small non-negative values (no sort, no big copy)."""
+    if label.size == 0 or label.dtype == bool or int(label.min()) < 0 or int(label.max()) >= 1 << 16:
+        values, counts = np.unique(label, return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+    flat, total = label.reshape(-1), np.zeros(int(label.max()) + 1, np.int64)
+    for start in range(0, flat.size, 1 << 22):
+        total += np.bincount(flat[start:start + (1 << 22)], minlength=total.size)
+    return {int(v): int(total[v]) for v in np.flatnonzero(total)}
 
 
 def _label_classes(label: np.ndarray, path: Path, task: Task,
@@ -148,6 +160,12 @@ def _label_classes(label: np.ndarray, path: Path, task: Task,
                                           f"task declares {task.labels}: add them to task.labels or fix the label"))
             return label, found, False
     # every value is declared now: its class index is its rank among the sorted declared values
+    if label.dtype != bool and label.min() >= 0 and label.max() < 1 << 16:
+        ranks = np.zeros(int(label.max()) + 1, np.uint8)
+        for rank, value in enumerate(task.class_values):
+            if value < ranks.size:
+                ranks[value] = rank
+        return ranks[label], found, binarised
     return np.searchsorted(task.class_values, label).astype(np.uint8), found, binarised
 
 

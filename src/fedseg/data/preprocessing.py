@@ -1,8 +1,8 @@
 """Preprocessing as the literature does it, built from MONAI dictionary transforms.
 
-Deterministic steps (orientation, spacing, intensity, size) run once per case and are cached;
-random steps (patch sampling with a foreground ratio, flips, 90-degree rotations) run every time
-a training batch is drawn.
+Deterministic steps (orientation, spacing, intensity, size) run once per case and are cached
+(``data.cache``); random steps (patch sampling with a foreground ratio, flips, 90-degree
+rotations) run every time a training sample is drawn (``data.samples``).
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
         steps.append(Orientationd(keys=KEYS, axcodes=p.orientation, labels=None))
     if p.spacing is not None:
         steps.append(Spacingd(keys=KEYS, pixdim=p.spacing, mode=("bilinear", "nearest")))
+    if p.spatial_size is not None and p.resize_mode == "resize":
+        # before intensity: its statistics are those of the image the network sees, and of 128x128
+        # values instead of a 1920x1080 picture's (percentiles of those took most of the preparation)
+        steps.append(Resized(keys=KEYS, spatial_size=p.spatial_size, mode=("area", "nearest")))
     if p.intensity == "clip_rescale":
         lower, upper = p.clip
         steps.append(ScaleIntensityRanged(keys="image", a_min=lower, a_max=upper, b_min=-1.0, b_max=1.0, clip=True))
@@ -104,11 +108,8 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
                                                      b_max=1.0, clip=True, channel_wise=True))
     elif p.intensity == "zscore":
         steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
-    if p.spatial_size is not None:
-        if p.resize_mode == "resize":
-            steps.append(Resized(keys=KEYS, spatial_size=p.spatial_size, mode=("area", "nearest")))
-        else:
-            steps.append(ResizeWithPadOrCropd(keys=KEYS, spatial_size=p.spatial_size))
+    if p.spatial_size is not None and p.resize_mode == "pad_crop":  # after intensity: padding is not tissue
+        steps.append(ResizeWithPadOrCropd(keys=KEYS, spatial_size=p.spatial_size))
     if p.patch_size is not None:
         steps.append(SpatialPadd(keys=KEYS, spatial_size=p.patch_size))
         steps.append(FgBgToIndicesd(keys="label"))
@@ -118,15 +119,12 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
 
 
 def random_transforms(p: Preprocessing, spatial_dims: int) -> Compose:
-    """Steps drawn anew for every training sample; seeded by the trainer each round."""
-    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
+    """Flips and 90-degree rotations, drawn anew for every training sample (``data.samples`` seeds
+    them per sample, after cutting the patch: patch sampling follows MONAI's RandCropByPosNegLabeld
+    from each case's stored foreground and background locations)."""
+    from monai.transforms import Compose, RandFlipd, RandRotate90d
 
     steps: list = []
-    if p.patch_size is not None:
-        steps.append(RandCropByPosNegLabeld(
-            keys=KEYS, label_key="label", spatial_size=p.patch_size, pos=p.foreground_ratio,
-            neg=1.0 - p.foreground_ratio, num_samples=p.patches_per_case,
-            fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices"))
     if p.flip:
         steps.extend(RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims))
     if p.rotate90:

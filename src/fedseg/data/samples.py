@@ -9,7 +9,6 @@ voxels are read); its centre is chosen as MONAI's ``RandCropByPosNegLabeld`` cho
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -62,7 +61,7 @@ class TrainingSamples(Dataset):
 
     def __init__(self, cases: list[CachedCase], preprocessing: Preprocessing, spatial_dims: int, seed: int):
         self.cases, self.p = cases, preprocessing
-        self._augment = random_transforms(dataclass_without_patch(preprocessing), spatial_dims)
+        self._augment = random_transforms(preprocessing, spatial_dims)
         self._draws = np.random.RandomState(seed % 2**32)
 
     def __len__(self) -> int:
@@ -102,11 +101,6 @@ class TrainingSamples(Dataset):
             self._augment.set_random_state(seed=int(rng.randint(2**31)))
             sample = self._augment(sample)
         return sample
-
-
-def dataclass_without_patch(p: Preprocessing) -> Preprocessing:
-    """``p`` without patch sampling (done here, from the stored locations): flips and rotations only."""
-    return dataclasses.replace(p, patch_size=None)
 
 
 class SeededSampler(Sampler):
