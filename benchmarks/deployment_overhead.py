@@ -31,7 +31,8 @@ per-site transport buffers and the round's held updates; see README, Benchmarks)
 round engine (same day, peak polled from outside over the whole job, simulated time including
 the checkpoint): 0.21 s and 1.15-1.33 s with 2 sites, 20 and 40-46 model sizes with 2 and 8.
 
-Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8] [--keep DIR]
+Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8] [--no-staggered]
+      [--keep DIR]
 """
 
 from __future__ import annotations
@@ -121,11 +122,12 @@ class TimingCoordinator(Coordinator):
 
     def set_state(self, state: str, **details) -> None:
         super().set_state(state, **details)
-        if self.run_dir is not None and "round" in details:
+        if self.run_dir is not None and ("round" in details or state == "running"):  # before round 0: a note
             status = Path("/proc/self/status").read_text().splitlines()
-            peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+            peak, now = (next(int(line.split()[1]) / 1024 for line in status if line.startswith(key))
+                         for key in ("VmHWM:", "VmRSS:"))
             with open(self.run_dir.root / PEAK_FILE, "a") as out:
-                out.write(json.dumps({"round": details["round"], "peak_rss_mb": peak}) + "\n")
+                out.write(json.dumps({"round": details.get("round"), "peak_rss_mb": peak, "rss_mb": now}) + "\n")
 
 
 def components(site: type[Site]) -> Components:
@@ -198,7 +200,8 @@ def deployed(consortium, exp, workdir: Path, site: type[Site] = EchoSite) -> tup
                   for line in log.read_text(errors="replace").splitlines()[-5:]]
         raise RuntimeError(f"job ended as {state.status}; last errors:\n" + "\n".join(errors) +
                            f"\nlogs in {consortium.logs} (keep them with --keep DIR)")
-    peaks = [json.loads(line)["peak_rss_mb"] for line in (run_dir.root / PEAK_FILE).read_text().splitlines()]
+    notes = [json.loads(line) for line in (run_dir.root / PEAK_FILE).read_text().splitlines()]
+    peaks = [note["peak_rss_mb"] for note in notes if note["round"] is not None]
     params = sum(int(np.prod(w.shape)) for w in run_dir.last_round()[1].values())
     return round_seconds(run_dir), max(peaks), params
 
@@ -213,6 +216,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 sites, 2 rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sites", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--no-staggered", action="store_true", help="skip the second 8M run (sites 1.5 s apart)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR (a new folder) and keep it: kits, logs, run directories")
     args = parser.parse_args()
@@ -240,7 +244,7 @@ def main() -> None:
                     print(f"{model:>5} ({params / 1e6:.2f}M params), {n_sites} sites: deployed {per_round:.3f} "
                           f"s/round, simulated {simulated:.3f} s/round, overhead {per_round - simulated:.3f} s/round "
                           f"(ratio {per_round / simulated:.1f}); {memory(peak, baseline, size_mb)}", flush=True)
-                    if model != "tiny":
+                    if model != "tiny" and not args.no_staggered:
                         exp = experiment(model, names, rounds, suffix="-staggered")
                         _, peak, _ = deployed(consortium, exp, workdir, StaggeredEchoSite)
                         print(f"{model:>5}, {n_sites} sites answering 1.5 s apart: {memory(peak, baseline, size_mb)}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def append_audit(path: Path, task: str, site: str, round: int | None, reply: Any
         members = reply.weights if isinstance(reply.weights, list) else [reply.weights]  # an ensemble: each member
         named = [(f"ensemble/{i}/" if len(members) > 1 else "", member) for i, member in enumerate(members)]
         line["params"] = {f"{prefix}{k}": [str(v.dtype), list(v.shape)] if isinstance(v, np.ndarray) else
-                          type(v).__name__ for prefix, member in named if isinstance(member, dict)
+                          type(v).__name__ for prefix, member in named if isinstance(member, Mapping)
                           for k, v in member.items()}
         line["metrics"] = reply.metrics
     elif isinstance(reply, dict):

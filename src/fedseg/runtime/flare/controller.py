@@ -2,9 +2,10 @@
 
 The round engine (``runtime.engine``) runs the rounds exactly as in simulation; this class only
 moves work to the FLARE sites and replies back. Each task goes to the targeted sites that are
-online, each reply is decoded from the wire and handed to the engine the moment it arrives (the
-engine checks it and folds it in; FLARE then drops the message), and a task ends when every
-targeted site answered or its timeout passed. What the coordinator builds from the experiment
+online, its model offered once for all of them (``transfer``); each reply is decoded from the wire
+as it arrives (an update fetched from its site into an unlinked file of the job's workspace) and
+handed to the engine, which checks it and folds it in; a task ends when every targeted site
+answered or its timeout passed. What the coordinator builds from the experiment
 (plan, engine, run directory, results) is the job of a subclass in the layer above
 (``fedseg.deployment``): the job names that subclass, FLARE admits it through the kit's class
 allow-list, and the job carries no other name of anything to import or call.
@@ -14,24 +15,30 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from nvflare.apis.client import Client
-from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedseg.files import write_text_atomic
 from fedseg.runtime.engine import Failed, ReplyHandler, RunStopped
-from fedseg.runtime.flare import wire
+from fedseg.runtime.flare import transfer, wire
 from fedseg.runtime.flare.job import DEPLOYMENT_FILE, PROGRESS_FILE
 from fedseg.runtime.flare.processes import RUNS_ENV
 from fedseg.runtime.run_directory import RunDirectory
 from fedseg.types import Weights
 
+INCOMING = "incoming"
+"""The folder of the job's workspace where updates are fetched to (into unlinked files)."""
+FETCHERS = 4
+"""Updates fetched at the same time: each holds a reply (``transfer.CHUNK_BYTES``) while it comes in."""
 SITE_SYNC_INTERVAL_S = 1.0
 """How often the job process asks the coordinator's main process for its sites' tokens (``sync_sites``)."""
 
@@ -99,39 +106,71 @@ class FlareController(ModelController):
 
     def dispatch(self, task: str, weights: Weights | None, payloads: dict[str, Any], on_reply: ReplyHandler,
                  timeout: int) -> None:
+        """Send ``task`` to the targets online, the model offered once for all of them
+        (``transfer.offer``); each reply is taken in (an update fetched into a file, ``FETCHERS`` at a
+        time) and handed to the engine in this thread, in the order the replies arrived."""
         targets = [site for site in payloads if site in self.available()]
         if not targets:
             return
         meta = wire.payloads_to_wire(task, {site: payloads[site] for site in targets})
         if self.fold is not None:
             meta[wire.FOLD] = self.fold
-        lock, answered, all_in = threading.Lock(), set(), threading.Event()
+        params, extra = wire.model_params(weights)
+        offered, bound = None, transfer.update_bound(params)
+        arrived: queue.Queue[tuple[str, Future]] = queue.Queue()
+        lock, answered = threading.Lock(), set()
+        with ThreadPoolExecutor(FETCHERS, thread_name_prefix="fedseg-fetch") as fetchers:
 
-        def callback(model: FLModel) -> bool:
-            site = model.meta.get("client_name")
-            with lock:
-                if site not in targets or site in answered:
-                    return False
-                answered.add(site)
-                try:
-                    reply = wire.reply_from_wire(task, model)
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                    reply = Failed(f"the reply did not decode: {exc}")
-                try:
-                    on_reply(site, reply, {k: v for k, v in (model.meta or {}).items() if k != "props"})
-                except Exception as exc:  # a bug must not kill FLARE's message thread silently
-                    self.error(f"{task} reply from {site} could not be handled: {exc!r}")
-                if len(answered) == len(targets):
-                    all_in.set()
-            return True
+            def callback(model: FLModel) -> bool:  # FLARE's message thread: start taking the reply in, return
+                site = model.meta.get("client_name")
+                with lock:
+                    if site not in targets or site in answered:
+                        return False
+                    answered.add(site)
+                arrived.put((site, fetchers.submit(self._decode, task, site, model, bound)))
+                return True
 
-        self.send_model(task_name=task, data=wire.weights_model(weights or {}, meta=meta), targets=targets,
-                        timeout=timeout, callback=callback)
-        while not all_in.is_set() and self.get_num_standing_tasks():
-            if self.abort_signal.triggered:
-                raise RunStopped("the job was aborted")
-            self.sync_sites()  # a target restarted whole answers under a new token (FLARE resends it the task)
-            all_in.wait(self._task_check_period)
+            try:
+                if params:
+                    offered, meta[transfer.REF] = transfer.offer(self.engine.get_cell(), params, len(targets),
+                                                                idle_s=timeout or transfer.UPLOAD_IDLE_S)
+                data = FLModel(params_type=ParamsType.FULL, params={} if offered else params, meta={**meta, **extra})
+                self.send_model(task_name=task, data=data, targets=targets, timeout=timeout, callback=callback)
+                for _ in targets:  # each reply in the order it arrived, once it is in
+                    while not self.abort_signal.triggered:
+                        standing = self.get_num_standing_tasks()  # first: a reply is queued before its task ends
+                        try:
+                            site, taken = arrived.get(timeout=self._task_check_period)
+                            break
+                        except queue.Empty:
+                            if not standing and arrived.empty():
+                                return
+                            self.sync_sites()  # a target restarted whole answers under a new token
+                    else:
+                        raise RunStopped("the job was aborted")
+                    reply, reply_meta = taken.result()
+                    try:
+                        on_reply(site, reply, reply_meta)
+                    except Exception as exc:  # a bug must not end the round silently
+                        self.error(f"{task} reply from {site} could not be handled: {exc!r}")
+            finally:
+                if offered is not None:
+                    offered.delete_transaction()
+
+    def _decode(self, task: str, site: str, model: FLModel, bound: tuple[int, int]) -> tuple[Any, dict]:
+        """One reply and its meta, an offered update fetched into a file of the job's workspace first."""
+        meta = model.meta if isinstance(model.meta, dict) else {}
+        try:
+            if task == "train" and transfer.REF in meta:
+                source = transfer.site_cell(site, self.fl_ctx.get_job_id())
+                model.params = transfer.receive(self.engine.get_cell(), source, meta[transfer.REF],
+                                                Path(self.get_run_dir()) / INCOMING, bound, self.abort_signal)
+            reply = wire.reply_from_wire(task, model)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            reply = Failed(f"the reply did not decode: {exc}")
+        except Exception as exc:  # the transport's own failures
+            reply = Failed(f"the reply could not be received: {exc!r}")
+        return reply, {k: v for k, v in meta.items() if k not in ("props", transfer.REF)}
 
     def wait_for(self, sites: set[str], timeout: int) -> None:
         """Give sites that dropped out up to ``timeout`` seconds to come back (FLARE has no event for it)."""

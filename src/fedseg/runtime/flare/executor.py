@@ -4,7 +4,8 @@ same as in simulation) checks what arrived and does the work.
 The site's data folder comes from ``fedseg site --data`` through the environment of the job
 process; the experiment sent by the coordinator says how to read and train on it, never where
 it is. Only weights, case counts, scalar metrics and pseudonymous per-case scores are returned
-(``wire``). When a task fails (a problem with the site's own data, a global model that does not
+(``wire``); the task's model is fetched from the coordinator, and a trained update offered for the
+coordinator to fetch, through FLARE's download service (``transfer``). When a task fails (a problem with the site's own data, a global model that does not
 fit), the reason is written to the site's own log and the coordinator gets a bare error code:
 no text that could carry a file name or a patient identifier crosses the wire.
 """
@@ -23,7 +24,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from fedseg.errors import UserError
 from fedseg.files import safe_name
-from fedseg.runtime.flare import wire
+from fedseg.runtime.flare import transfer, wire
 from fedseg.runtime.flare.processes import DATA_ENV, FAULT_ENV
 from fedseg.runtime.site_app import TASKS, SiteApp
 
@@ -67,14 +68,30 @@ class FlareSiteExecutor(Executor):
             model = FLModelUtils.from_shareable(shareable)
             app = self._site_app(site, fl_ctx, wire.fold_from_wire(model.meta))
             payload = wire.payload_from_wire(task_name, model.meta, site)
-            weights = None if task_name == "join" else wire.model_from_params(model.params or {}, model.meta)
+            params = model.params or {}
+            if task_name != "join" and transfer.REF in model.meta:  # offered once for all sites: fetch it
+                job = fl_ctx.get_job_id()
+                folder = Path(fl_ctx.get_engine().get_workspace().get_run_dir(job)) / "incoming"
+                params = transfer.fetch(self._cell(fl_ctx), transfer.coordinator_cell(job), model.meta[transfer.REF],
+                                        folder, abort_signal)
+            weights = None if task_name == "join" else wire.model_from_params(params, model.meta)
             reply = (self.arm_task(task_name, weights, payload) if task_name in wire.ARM_TASKS
                      else app.handle(task_name, weights, payload))
-            return FLModelUtils.to_shareable(wire.reply_to_wire(task_name, reply))
+            answer = wire.reply_to_wire(task_name, reply)
+            if task_name == "train" and answer.params:  # offered for the coordinator to fetch when it can
+                _, answer.meta[transfer.REF] = transfer.offer(self._cell(fl_ctx), answer.params, receivers=1,
+                                                              idle_s=transfer.UPLOAD_IDLE_S, finish_after=1)
+                answer.params = {}
+            return FLModelUtils.to_shareable(answer)
         except (UserError, ValueError, KeyError, TypeError) as exc:
             # fire_event=False: the text stays in the site's log, out of FLARE's error collector
             self.log_error(fl_ctx, f"site {site}: task '{task_name}' failed: {exc}", fire_event=False)
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
+    @staticmethod
+    def _cell(fl_ctx: FLContext):
+        """This site's job cell (FLARE's messaging endpoint of the job process)."""
+        return fl_ctx.get_engine().get_cell()
 
     def _site_app(self, site: str, fl_ctx: FLContext, fold: int | None = None) -> SiteApp:
         if self._app is None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
+from fedseg.runtime.flare.transfer import FileWeights
 from fedseg.types import CaseMetrics, RoundConfig, Update, Weights
 
 
@@ -137,6 +138,8 @@ def reply_from_wire(task: str, model: FLModel) -> Any:
         return _table(model.params)
     if task in ("train", "share_model"):  # a shared model as an Update: the audit keeps its shapes, not values
         params = model.params
+        if task == "train" and isinstance(params, FileWeights):  # fetched into a file: arrays by construction
+            return Update(weights=params, n_samples=meta["n_samples"], metrics=_table(model.metrics))
         if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
             raise ValueError("the parameters must be arrays")
         if task == "share_model":  # its own model or its ensemble (folds)
