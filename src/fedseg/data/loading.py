@@ -136,7 +136,7 @@ def _counts(label: np.ndarray) -> dict[int, int]:
     if label.size == 0 or label.dtype == bool or int(label.min()) < 0 or int(label.max()) >= 1 << 16:
         values, counts = np.unique(label, return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts)}
-    flat, total = label.reshape(-1), np.zeros(int(label.max()) + 1, np.int64)
+    flat, total = label.ravel(order="K"), np.zeros(int(label.max()) + 1, np.int64)
     for start in range(0, flat.size, 1 << 22):
         total += np.bincount(flat[start:start + (1 << 22)], minlength=total.size)
     return {int(v): int(total[v]) for v in np.flatnonzero(total)}

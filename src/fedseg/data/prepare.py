@@ -118,7 +118,7 @@ def prepare_case(case: Case, key: str, recipe: Recipe, store: CaseStore) -> tupl
 
 @lru_cache(maxsize=4)
 def _transforms(preprocessing: Preprocessing, spatial_dims: int, divisible_by: int):
-    return deterministic_transforms(preprocessing, spatial_dims, divisible_by)
+    return deterministic_transforms(preprocessing, spatial_dims, divisible_by, separable=True)
 
 
 def _numpy(value) -> np.ndarray:

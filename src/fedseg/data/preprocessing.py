@@ -81,10 +81,13 @@ def _orientation_ok(code: str) -> bool:
     return len(code) == 3 and sorted(next((a for a in AXES if c in a), "?") for c in code) == sorted(AXES)
 
 
-def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: int) -> Compose:
+def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: int,
+                             separable: bool = False) -> Compose:
     """Steps applied once per case; the result is what gets cached and evaluated on.
 
     The output keeps MONAI's metadata (the affine after resampling); the cache strips it.
+    ``separable``: resample axis-aligned grids per axis (``data.resample``, the same values, 5-10x
+    faster); off where MONAI's ``Invertd`` must undo the steps (``fedseg predict``).
     """
     from monai.transforms import (Compose, DivisiblePadd, FgBgToIndicesd, NormalizeIntensityd, Orientationd,
                                   Resized, ResizeWithPadOrCropd, ScaleIntensityRanged,
@@ -93,7 +96,11 @@ def deterministic_transforms(p: Preprocessing, spatial_dims: int, divisible_by: 
     steps: list = []
     if spatial_dims == 3 and p.orientation:
         steps.append(Orientationd(keys=KEYS, axcodes=p.orientation, labels=None))
-    if p.spacing is not None:
+    if p.spacing is not None and separable:
+        from fedseg.data.resample import SeparableSpacingd
+
+        steps.append(SeparableSpacingd(KEYS, p.spacing))
+    elif p.spacing is not None:
         steps.append(Spacingd(keys=KEYS, pixdim=p.spacing, mode=("bilinear", "nearest")))
     if p.spatial_size is not None and p.resize_mode == "resize":
         # before intensity: its statistics are those of the image the network sees, and of 128x128
