@@ -258,3 +258,15 @@ def test_the_cache_command_shows_and_clears_the_cache(make_site, task_3d, tmp_pa
     assert fedseg.cli.main(["data", "cache", "--clear"]) == 0
     assert "deleted 4 cached case(s)" in capsys.readouterr().out
     assert not (tmp_path / "cache" / "cases").exists()
+
+
+def test_a_file_that_cannot_be_looked_at_is_a_problem_of_its_case(make_site, task_3d, tmp_path):
+    from fedseg.data.errors import DataError
+
+    site = _site(make_site, cases=4)
+    (site.root / "labels" / "case_2.nii.gz").unlink()
+    (site.root / "labels" / "case_2.nii.gz").symlink_to(site.root / "labels" / "gone.nii.gz")
+    with pytest.raises(DataError) as error:
+        _load(site.root, task_3d, tmp_path / "cache")
+    assert [p.path.name for p in error.value.problems] == ["case_2.nii.gz"]
+    assert "cannot read the file's details" in str(error.value)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -59,10 +60,17 @@ class Recipe:
 def prepared(cases: list[Case], recipe: Recipe, store: CaseStore,
              workers: int | None) -> Iterator[tuple[int, Entry | None, list[Problem]]]:
     """(index, entry or None, problems) of every case, in no particular order."""
-    keys = [recipe.key(case) for case in cases]
+    keys: list[str] = []
     todo = []
-    for index, key in enumerate(keys):
-        if (entry := store.get(key)) is not None:
+    for index, case in enumerate(cases):
+        try:
+            keys.append(recipe.key(case))
+        except OSError as exc:  # a file that cannot even be looked at cannot be read either
+            keys.append("")
+            yield index, None, [Problem(Path(exc.filename or case.image), f"cannot read the file's details "
+                                                                          f"({exc.strerror or exc}); check it")]
+            continue
+        if (entry := store.get(keys[-1])) is not None:
             yield index, entry, []
         else:
             todo.append(index)
