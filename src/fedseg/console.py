@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,26 +48,63 @@ class ProgressObserver:
             self.progress.update(self.task, status=f"global val Dice {sum(dice) / len(dice):.3f}")
 
 
-def round_line(progress: dict) -> str:
-    """A deployed round as it finished: each site's training loss, or that its update was rejected."""
-    def site(record: dict) -> str:
-        loss = "rejected" if "rejected" in record else f"{record.get('train_loss', float('nan')):.3f}"
-        return escape(f"{record['site']} {loss}")
+LISTED_SITES = 8
+"""Up to this many sites, a deployed round's lines name each; with more, they summarise."""
 
-    sites = ", ".join(site(r) for r in progress.get("last", []))
+
+def round_line(progress: dict) -> str:
+    """A deployed round as it finished: each site's training loss, or that its update was rejected
+    (with more than ``LISTED_SITES`` sites: how many, the losses' min, median and max, the slowest
+    site and the rejected ones)."""
+    records = [r for r in progress.get("last", []) if isinstance(r, dict) and "site" in r]
+
+    def loss(record: dict) -> float:
+        value = record.get("train_loss")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+    if len(records) <= LISTED_SITES:
+        sites = ", ".join(escape(f"{r['site']} {'rejected' if 'rejected' in r else f'{loss(r):.3f}'}") for r in records)
+    else:
+        rejected = [str(r["site"]) for r in records if "rejected" in r]
+        scored = sorted((loss(r), str(r["site"])) for r in records if "rejected" not in r and loss(r) == loss(r))
+        timed = [(r["seconds"], str(r["site"])) for r in records if isinstance(r.get("seconds"), (int, float))]
+        parts = [f"{len(records)} sites"]
+        if scored:
+            parts.append(f"loss min {scored[0][0]:.3f}, median {statistics.median(v for v, _ in scored):.3f}, "
+                         f"max {scored[-1][0]:.3f} ({scored[-1][1]})")
+        if timed:
+            seconds, site = max(timed)
+            parts.append(f"slowest {site} {seconds:.1f} s")
+        if rejected:
+            parts.append(f"{len(rejected)} rejected: {_some(rejected)}")
+        sites = escape("; ".join(parts))
     return f"round {progress['round'] + 1}/{progress['rounds']} done: {sites}"
 
 
 def running_line(progress: dict, now: float) -> str | None:
-    """The running round of a deployed run: how long it has run and which sites have answered."""
+    """The running round of a deployed run: how long it has run and which sites have answered
+    (with more than ``LISTED_SITES`` sites: how many are in each state, naming a few not done)."""
     current = progress.get("current")
     if not isinstance(current, dict) or not isinstance(current.get("sites"), dict):
         return None
-    sites = ", ".join(f"{site} {state}" for site, state in current["sites"].items())
+    states = {str(site): str(state) for site, state in current["sites"].items()}
+    if len(states) <= LISTED_SITES:
+        sites = ", ".join(f"{site} {state}" for site, state in states.items())
+    else:
+        counts = {state: sum(1 for s in states.values() if s == state) for state in sorted(set(states.values()))}
+        waiting = [site for site, state in states.items() if state != "trained"]
+        sites = f"{len(states)} sites, " + ", ".join(f"{n} {state}" for state, n in counts.items())
+        sites += f" (not done: {_some(waiting)})" if waiting else ""
     started = current.get("started")
     since = f" for {max(now - started, 0):.0f} s" if isinstance(started, (int, float)) else ""
     number = current.get("round")
     return escape(f"round {number + 1 if isinstance(number, int) else '?'} running{since}: {sites}")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def results_table(results: dict) -> Table:
