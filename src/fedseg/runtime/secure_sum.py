@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -148,7 +148,7 @@ class SecureRound(Aggregation):
         weight = self.plan.weighting(update, what)
         payload = update.weights
         if self.unmasker is not None:
-            if not isinstance(payload, dict) or set(payload) != {MASKED}:
+            if not isinstance(payload, Mapping) or set(payload) != {MASKED}:  # a dict, or fetched to a file
                 raise UpdateRejected(f"{what}: a masked update must carry exactly one array, {MASKED!r}")
             try:
                 self.unmasker.add(site, payload[MASKED])
@@ -157,7 +157,7 @@ class SecureRound(Aggregation):
         else:
             from fedseg.privacy.homomorphic import HEError
 
-            names = [CHUNK.format(i) for i in range(len(payload))] if isinstance(payload, dict) else []
+            names = [CHUNK.format(i) for i in range(len(payload))] if isinstance(payload, Mapping) else []
             if not names or set(payload) != set(names) or not all(
                     isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 1 for v in payload.values()):
                 raise UpdateRejected(f"{what}: an encrypted update must be chunks {CHUNK.format(0)!r}, ... of bytes")
