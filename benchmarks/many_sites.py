@@ -1,23 +1,38 @@
 """How does a simulation's memory grow with the number of sites?
 
 A simulation of 2, 20 and 100 small synthetic 2D sites (``fedseg.data.synthetic``, the demo's
-three acquisition styles in turn, ``--cases`` cases of ``--size`` pixels each), run by
+three acquisition styles in turn, 5 cases of 32x32 pixels each), run by
 ``fedseg.simulate.run_simulation`` with the federated and centralized arms (the standalone arm's
-models are scored on every site: quadratic in the number of sites, left out) for one round of a few
-steps, each size in a child process of its own that reports its peak resident memory
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and how many networks it built (MONAI network
-constructions counted, the benchmark's own one for the model's size included). The report's pictures and pages are not drawn (they cost time per site
-and are no part of what is measured). The child's ``FEDSEG_CACHE`` is a temporary folder.
+models are scored on every site: quadratic in the number of sites, left out) for one round of a
+few steps, each size in a child process of its own that reports its peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and how many networks it built (constructions of
+MONAI networks counted, the benchmark's own one for the model's size included). The report's
+pictures and pages are not drawn (they cost time per site and are not what is measured). The
+child's ``FEDSEG_CACHE`` is a temporary folder.
 
 Printed side by side: peak MB, MB per extra site (from the smallest run) and networks built.
 
-Measured on 2 shared CPU cores (2026-11-27, load average 6-14 from other work, which changes times
-but not memory), default sizes, UNet (16, 32, 64, 128), 2 residual units (1.6 MB of float32):
+Measured on 2 shared CPU cores (2026-11-27, load average 6-18 from other work, which changes times
+but not memory), default sizes, UNet (16, 32, 64, 128) with 2 residual units (1.53 MB of float32),
+both from commit 18539cf (the data layer as committed then), wall time 6-11 min per invocation:
 
-before (a network per site app, per arm, plus one per scoring app):
-    (filled in below)
-after (one network per model config, task, output channels and device, shared by the trainers):
-    (filled in below)
+    before: a network per site app (the federation's, the centralized arm's, the scoring apps'),
+    and each site app keeping a copy of the weights as its template
+    | sites | peak RSS MB | MB per extra site | networks built |
+    | 2     | 529         | -                 | 7              |
+    | 20    | 650         | 6.71              | 43             |
+    | 100   | 1177        | 6.62              | 203            |
+
+    after: one network per kind in the process (``training.networks``), site apps keeping only
+    shapes and dtypes
+    | sites | peak RSS MB | MB per extra site | networks built |
+    | 2     | 523         | -                 | 4              |
+    | 20    | 554         | 1.73              | 4              |
+    | 100   | 682         | 1.62              | 5              |
+
+The networks left are the initial weights', the benchmark's own, and the shared one, built again
+when an arm's trainers are all gone (a pool holds its networks weakly). What a site still costs
+(1.6 MB here) is its data, its trainer and site app objects, and its run records.
 
 Run:  .venv/bin/python benchmarks/many_sites.py [--quick] [--sites 2 20 100] [--cases N] [--size N]
 """
@@ -75,15 +90,16 @@ def child(n_sites: int, cases: int, size: int, steps: int, root: Path) -> dict:
     simulate._draw_examples = lambda *args: None
     simulate.run_simulation(experiment, root / "run")
     model_mb = sum(v.nbytes for v in initial_weights(experiment).values()) / 2**20
-    return {"sites": n_sites, "model_mb": model_mb, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {"sites": n_sites, "model_mb": model_mb, "peak_mb": peak_mb,
             "networks": built["networks"]}
 
 
 def measure(n_sites: int, cases: int, size: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "FEDSEG_CACHE": str(Path(tmp) / "cache"), "GOMP_SPINCOUNT": "10000"}
-        result = subprocess.run([sys.executable, __file__, "--child", str(n_sites), str(cases), str(size), str(steps),
-                                 tmp], capture_output=True, text=True, env=env)
+        command = [sys.executable, __file__, "--child", str(n_sites), str(cases), str(size), str(steps), tmp]
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode:
             raise SystemExit(f"the run with {n_sites} sites failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
         return json.loads(result.stdout.strip().splitlines()[-1])

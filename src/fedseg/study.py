@@ -52,8 +52,11 @@ def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None =
              fault: str | None = None, he_secret: bytes | None = None, device: str | None = None) -> SiteApp:
     """A site's app: its trainer on ``data``, as every runtime builds it (``he_secret``: the
     site's CKKS key, from its kit or the simulation's keys; ``device``: the site's own choice
-    over ``[training] device``, placed by the site's position in ``[[sites]]``: ``training.devices``)."""
+    over ``[training] device``, placed by the site's position in ``[[sites]]``: ``training.devices``).
+    Its trainer shares the process's network of its kind (``training.networks.SHARED``): the
+    apps of a process take turns, and an app costs no network."""
     from fedseg.training.devices import placed_device
+    from fedseg.training.networks import SHARED
     from fedseg.training.trainer import SiteTrainer  # torch: not needed to parse or check an experiment
 
     try:
@@ -63,7 +66,7 @@ def site_app(experiment: Experiment, data: SiteDataset, state_dir: Path | None =
         raise UserError(str(exc)) from None
     trainer = SiteTrainer(data, experiment.model, experiment.training, state_dir=state_dir,
                           privacy=experiment.privacy, dp_trainings=trainings(experiment, data.name),
-                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs, device=placed)
+                          dp_fine_tune_epochs=experiment.federation.fine_tune_epochs, device=placed, networks=SHARED)
     return SiteApp(data.name, trainer, pseudonyms=pseudonyms, fault=fault, he_secret=he_secret)
 
 
@@ -77,7 +80,7 @@ def trainings(experiment: Experiment, site: str) -> int:
 def initial_weights(experiment: Experiment) -> Weights:
     import torch
 
-    from fedseg.training.trainer import build_site_network
+    from fedseg.training.networks import build_site_network
     from fedseg.training.weights import get_weights
 
     torch.manual_seed(experiment.seed)

@@ -66,7 +66,8 @@ class SiteApp:
     def __init__(self, name: str, trainer: Trainer, pseudonyms: bool = False, fault: str | None = None,
                  he_secret: bytes | None = None):
         self.name, self.trainer, self.pseudonyms, self.fault = name, trainer, pseudonyms, check_fault(fault)
-        self.template = trainer.weights()
+        self.template = shapes_of(trainer.weights())
+        """The names, shapes and dtypes a received model must have (no values: a site app costs no model copy)."""
         self.attacked = False
         self.secure = SecureSite(name, self.template, he_secret)
         """The site's side of secure sums (``he_secret``: its CKKS key from the kit, if any)."""
@@ -145,6 +146,12 @@ class SiteApp:
         else:  # the change to the global model multiplied by K: the same move as the guard's clipping
             weights = shrink(weights, global_weights, float(self.fault.partition(":")[2]))
         return Update(weights, update.n_samples, update.metrics)
+
+
+def shapes_of(weights: Weights) -> Weights:
+    """``weights`` as read-only arrays of their shapes and dtypes that hold one value each (zero)."""
+    return {key: np.broadcast_to(np.zeros((), np.asarray(value).dtype), np.shape(value))
+            for key, value in weights.items()}
 
 
 def pseudonymous(site: str, cases: list[CaseMetrics]) -> list[CaseMetrics]:

@@ -107,8 +107,9 @@ class PrivateTraining:
                 raise UserError(f"site {site}: {exc}") from None
         self.noise_multiplier = self.ledger.noise_multiplier
         self.secret = kept_secret(state_dir)
-        try:
-            self._hooks = GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)
+        try:  # once per network: DP-SGD sites of one process share theirs (``training.networks``)
+            if not hasattr(network, "autograd_grad_sample_hooks"):  # Opacus's own mark of a network with its hooks
+                GradSampleModule(network, batch_first=True, loss_reduction="mean", strict=True)  # hooks stay on it
         except NotImplementedError as exc:  # a layer with buffers, e.g. batch norm's running statistics
             first = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else exc
             raise UserError(f"privacy.dp = \"sample\" cannot train this network: Opacus refuses layers whose "

@@ -19,26 +19,20 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 
 from fedseg.data.dataset import SiteDataset
-from fedseg.data.task import Task
-from fedseg.models.registry import ModelConfig, build_network
+from fedseg.models.registry import ModelConfig
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.training.config import TrainingConfig
 from fedseg.training.devices import Precision, reproducible, site_training
 from fedseg.training.inference import predict_labels, predict_logits
 from fedseg.training.local_norm import LocalNorm
-from fedseg.training.losses import build_loss, output_channels
+from fedseg.training.losses import build_loss
 from fedseg.training.metrics import case_metrics
+from fedseg.training.networks import NetworkPool, build_site_network  # noqa: F401 (imported from here by others)
 from fedseg.training.round_state import RoundFiles, round_of
 from fedseg.training.scaffold import SiteControls
 from fedseg.training.schedules import RoundLR
 from fedseg.training.weights import get_weights, set_weights
 from fedseg.types import CaseMetrics, Model, RoundConfig, Update, Weights, mean_dice
-
-
-
-def build_site_network(model: ModelConfig, task: Task, loss: str) -> torch.nn.Module:
-    """The network every site and the coordinator share for this task and loss."""
-    return build_network(model, task.spatial_dims, task.in_channels, output_channels(loss, task.n_classes))
 
 
 class SiteTrainer:
@@ -49,15 +43,23 @@ class SiteTrainer:
     ``privacy.dp = "sample"``, its privacy ledger and DP secret (``training/private.py``), the budget
     covering ``dp_trainings`` rounds and ``dp_fine_tune_epochs`` epochs of fine-tuning. ``device``:
     the site's own choice over ``config.device`` (both resolved by ``training.devices``).
+
+    ``networks``: the pool whose network of this kind the trainer uses, shared with the other
+    trainers of the process (``training.networks``; None: a network of its own). Every verb loads
+    the weights it works on first; with ``optimizer_state = "keep"`` and a ``state_dir`` the
+    optimizer moments are read back from the round's file instead of kept in memory (2 model
+    sizes per site otherwise).
     """
 
     def __init__(self, data: SiteDataset, model: ModelConfig, config: TrainingConfig,
                  state_dir: Path | None = None, privacy: PrivacyConfig | None = None, dp_trainings: int = 1,
-                 dp_fine_tune_epochs: int = 0, device: str | None = None):
+                 dp_fine_tune_epochs: int = 0, device: str | None = None, networks: NetworkPool | None = None):
         self.data = data
         self.config = config = site_training(config, data.name, device)
         self.device = torch.device(config.device)
-        self.network = build_site_network(model, data.task, config.loss).to(self.device)
+        pool = networks if networks is not None else NetworkPool()
+        dp = privacy is not None and privacy.dp == "sample"
+        self.network = pool.network(model, data.task, config.loss, self.device, private=dp)
         self.loss = build_loss(config.loss, data.task.n_classes, data.annotated).to(self.device)
         self.roi_size = data.preprocessing.patch_size
         self.state_dir = state_dir
@@ -92,7 +94,8 @@ class SiteTrainer:
         return {split: len(self.data.cases[split]) for split in ("train", "val", "test")}
 
     def weights(self) -> Weights:
-        """The network's current weights (the site checks a received model against their shapes)."""
+        """The network's names, shapes and dtypes, as weights (the site checks a received model
+        against them); the values are whatever the network last loaded (it may be shared)."""
         return get_weights(self.network)
 
     def train(self, weights: Weights, config: RoundConfig, control: Weights | None = None) -> Update:
@@ -107,6 +110,8 @@ class SiteTrainer:
         self.local_norm.trained(config, update.weights)
         if self.config.optimizer_state == "keep":
             self._optimizer_files.save(config.round, optimizer.state_dict())
+            if self.state_dir is not None:  # read back next time (bit for bit), not kept in memory per site
+                self._optimizer = None
         return update
 
     def fine_tune(self, weights: Weights, epochs: int, seed: int) -> Update:
