@@ -154,7 +154,7 @@ def test_a_cpu_round_is_a_plain_torch_loop_bit_for_bit(tmp_path, gpus):
     cycles = math.ceil(training.local_steps / len(loader))
     for batch in itertools.islice(itertools.chain.from_iterable(loader for _ in range(cycles)), training.local_steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(batch["image"].as_tensor()), batch["label"].as_tensor())
+        loss = loss_fn(network(batch["image"]), batch["label"])  # plain tensors
         loss.backward()
         optimizer.step()
     plain = get_weights(network)

@@ -56,7 +56,7 @@ def test_each_case_is_one_clipped_unit_however_many_patches_it_gives(site):
     patch_grads = []
     for i in range(4):
         plain.zero_grad()
-        trainer.loss(plain(batch["image"][i:i + 1].as_tensor()), batch["label"][i:i + 1].as_tensor()).backward()
+        trainer.loss(plain(batch["image"][i:i + 1]), batch["label"][i:i + 1]).backward()  # plain tensors
         patch_grads.append(torch.cat([p.grad.ravel() for p in plain.parameters()]))
     cases = [patch_grads[0] + patch_grads[1], patch_grads[2] + patch_grads[3]]
     clip = float(sum(g.norm() for g in cases) / 2)  # between the two cases' norms: one is clipped
