@@ -17,22 +17,27 @@ sites and the timing coordinator are subclasses of ``fedseg.deployment``'s ``Sit
 server and site processes) except that the kits admit this module's classes instead of fedseg's;
 ``PYTHONPATH`` carries the repository root so FLARE's job processes can import this module.
 
-The script prints ratios and figures; it never asserts on time. A second 8M run per site count
-has the sites answer 1.5 s apart, to tell memory held for concurrent arrivals from memory that
-accumulates per site.
+The script prints ratios and figures; it never asserts on time. A second 8M run has the sites answer
+1.5 s apart, to tell memory held for concurrent arrivals from memory that accumulates per site.
 
-On 2 shared CPU cores (2026-11-26, every process on the same 2 cores), through the round engine
-(its checks of every update, norm guard on): overhead per round 0.14-0.17 s (tiny model, 2
-sites) and 1.20 s (8.2M parameters, 2 sites; 2.05 s in a run where other work kept the load
-average at 16-22); with 4 sites 0.24 s and 2.05 s (that loaded run), with 8 sites 0.45 s and
-5.2 s, mostly the sites' own serialisation competing for the 2 cores. Coordinator peak memory over the tiny run:
-about 24 model sizes with 2 sites, 30 with 4 and 40 with 8, staggered answers alike (FLARE's
-per-site transport buffers and the round's held updates; see README, Benchmarks). Before the
-round engine (same day, peak polled from outside over the whole job, simulated time including
-the checkpoint): 0.21 s and 1.15-1.33 s with 2 sites, 20 and 40-46 model sizes with 2 and 8.
+2026-11-26, 2 shared cores, round engine with its checks and norm guard: overhead per round
+0.14-0.17 s (tiny, 2 sites) and 1.20 s (8.2M, 2 sites; 2.05 s at load 16-22); 4 sites 0.24 and
+2.05 s, 8 sites 0.45 and 5.2 s (mostly the sites' own serialisation). Coordinator peak over the
+tiny run: about 24, 30 and 40 model sizes with 2, 4 and 8 sites, staggered alike; before the
+round engine 20 and 40-46 with 2 and 8 (peak polled from outside over the whole job).
 
-Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8] [--no-staggered]
-      [--keep DIR]
+2026-11-27, same 2 shared cores (load average 10-21 from other work), ``--rounds 3 --sites 8``,
+before and after back to back: before, 26.0 model sizes (28.3 and 31.4 earlier that day; 26.6
+staggered), 7.5 s per deployed round (4.8-5.5 earlier): FLARE serialised each task once per site
+and took every update into memory while decoding it, all at once, and the freed buffers stayed in
+glibc's thread arenas. After (``runtime.flare.transfer``: the model offered once per task through
+FLARE's download service, 2 MB pieces made once; updates fetched 4 at a time into unlinked files
+the engine reads back on use; FLARE's ``cleanup_memory`` after each task; a fixed glibc mmap
+threshold): 8.5 model sizes (7.0 staggered; 9.1/8.8 in another run, 12.7/13.4 without the
+threshold), of which the engine's own is about 4; 9.0-13.0 s per round (simulated 1.7-4.7 s in
+those runs, 1.0 s in the baseline's): updates come in 4 at a time and are re-read at each check.
+
+Run:  .venv/bin/python benchmarks/deployment_overhead.py [--quick] [--rounds N] [--sites 2 4 8] [--no-staggered] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -72,8 +77,7 @@ MODULE = "benchmarks.deployment_overhead"
 """This module's name in FLARE's job processes (run as a script it is ``__main__``)."""
 MODELS = {"tiny": {"channels": [4, 8, 16], "num_res_units": 1},
           "8M": {"channels": [36, 72, 144, 288, 576], "num_res_units": 2}}
-PEAK_FILE = "peak_rss.jsonl"
-"""In the run directory: the coordinator job process's peak resident memory after each round."""
+PEAK_FILE = "peak_rss.jsonl"  # in the run directory: the job process's peak and current RSS at each step
 
 
 class EchoTrainer:
@@ -117,12 +121,11 @@ class StaggeredEchoSite(EchoSite):
 
 
 class TimingCoordinator(Coordinator):
-    """fedseg's coordinator, noting its job process's peak resident memory (VmHWM) after every
-    round: the final scoring and report (meaningless on echo sites) stay out of the figure."""
+    """fedseg's coordinator noting its job process's peak and current RSS at each step of the rounds."""
 
     def set_state(self, state: str, **details) -> None:
         super().set_state(state, **details)
-        if self.run_dir is not None and ("round" in details or state == "running"):  # before round 0: a note
+        if self.run_dir is not None and ("round" in details or state == "running"):  # round: the last finished
             status = Path("/proc/self/status").read_text().splitlines()
             peak, now = (next(int(line.split()[1]) / 1024 for line in status if line.startswith(key))
                          for key in ("VmHWM:", "VmRSS:"))

@@ -26,6 +26,7 @@ from typing import Any
 from nvflare.apis.client import Client
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
+from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from fedseg.files import write_text_atomic
 from fedseg.runtime.engine import Failed, ReplyHandler, RunStopped
@@ -156,6 +157,7 @@ class FlareController(ModelController):
             finally:
                 if offered is not None:
                     offered.delete_transaction()
+                    cleanup_memory()  # FLARE's: gc, then glibc's malloc_trim gives the transfers' buffers back
 
     def _decode(self, task: str, site: str, model: FLModel, bound: tuple[int, int]) -> tuple[Any, dict]:
         """One reply and its meta, an offered update fetched into a file of the job's workspace first."""
