@@ -21,11 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRELUDE = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 def report(**numbers):
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    numbers.update(rss_mb=self_kb / 1024, children_rss_mb=children_kb / 1024)
+    numbers.update(rss_mb=self_kb / 1024, children_rss_mb=children_kb / 1024, pid=os.getpid())
     print("RESULT " + json.dumps(numbers), flush=True)
 """
 
