@@ -16,8 +16,29 @@ its process tree's summed RSS. Ratios fedseg/plain; the issue's target is <= 1.5
 Run:  .venv/bin/python benchmarks/data_prep.py [--quick] [--cases 200] [--volumes 40] [--fedseg-src DIR]
 (``--fedseg-src``: another fedseg ``src`` folder, e.g. an older commit's, see ``childproc``).
 
-Measured 2026-11-27 on 2 shared CPU cores (load average 14-17 from other jobs: timings are noisy),
-2 x 200 images, 40 volumes of 256x256x64 (.nii.gz), one repeat; see RESULTS below the code.
+Measured 2026-11-27 on 2 shared CPU cores (load average 3.6; one repeat each, noisy: an earlier
+pair of runs under load 11-19 gave 2-3x longer times), 2 x 200 images, 40 volumes of 256x256x64
+(.nii.gz). "before" = commit 554d48b (no cache: everything read and held in memory), "after" = the
+working tree at 01:40 UTC (HEAD 2373e95: the on-disk cache of 0677447 and fc1a8f9, plus co-workers'
+uncommitted edits). Peak RSS = the measuring process's own ru_maxrss (for
+"after", the preparation runs in worker processes: see the process tree column, sampled).
+  2D, 400 images -> 128x128      seconds  ratio | peak RSS MB  ratio | tree peak MB  ratio
+    plain loop (before run)      11.9     1.00  |  488         1.00  |  483          1.00
+    before, first run            26.8     2.26  | 1385         2.84  | 1385          2.86
+    before, second run           27.6     2.32  | 1364         2.80  | 1365          2.82
+    plain loop (after run)        8.3     1.00  |  489         1.00  |  477          1.00
+    after, empty cache           18.3     2.22  |  396         0.81  | 1369          2.87
+    after, warm cache             0.12    0.01  |  396         0.81  |  397          0.83
+  3D, 40 volumes -> 128x128x64
+    plain loop (before run)       3.4     1.00  |  765         1.00  |  765          1.00
+    before, first run            10.7     3.15  | 1708         2.23  | 1672          2.18
+    before, second run           10.5     3.09  | 1676         2.19  | 1676          2.19
+    plain loop (after run)        3.2     1.00  |  777         1.00  |  778          1.00
+    after, empty cache            9.0     2.85  |  396         0.51  | 1520          1.95
+    after, warm cache             0.02    0.01  |  396         0.51  |  396          0.51
+So with the cache a second run is free (the cases are not touched until training reads them);
+a first run is still 2.2x (2D) and 2.9x (3D) the plain loop, against the target of 1.5x, and
+its preparation worker peaks at ~1.4-1.5 GB while the plain loop holding all results is ~0.5-0.8 GB.
 """
 
 from __future__ import annotations
