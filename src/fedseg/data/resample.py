@@ -54,17 +54,19 @@ class SeparableSpacingd:
 def _separable(array: torch.Tensor, coords: list[np.ndarray], nearest: bool) -> torch.Tensor:
     """``array`` [C, *spatial] sampled at ``coords[k]`` along spatial axis k; outside the grid the
     edge value (MONAI's ``border`` padding); nearest rounds half to even, as ``grid_sample`` does."""
-    for axis, c in enumerate(coords, start=1):
+    array = array.contiguous()  # channel-first C order (a NIfTI's Fortran array is transposed once):
+    for axis, c in enumerate(coords, start=1):  # the gathers along the outer axes then copy whole rows
         n = array.shape[axis]
         c = np.clip(c, 0, n - 1)
-        front = array.movedim(axis, 0).contiguous()  # gathers of whole slabs: memory copies, not strided reads
+        if c.size == n and np.abs(c - np.arange(n)).max() < 1e-9:
+            continue  # this axis keeps its spacing
         if nearest:
-            front = front.index_select(0, torch.as_tensor(np.rint(c).astype(np.int64)))
-        else:
-            low = np.floor(c).astype(np.int64)
-            high = np.minimum(low + 1, n - 1)
-            weight = torch.as_tensor((c - low).astype(np.float32)).reshape([-1] + [1] * (front.dim() - 1))
-            front = torch.lerp(front.index_select(0, torch.as_tensor(low)),
-                               front.index_select(0, torch.as_tensor(high)), weight)
-        array = front.movedim(0, axis)
+            array = array.index_select(axis, torch.as_tensor(np.rint(c).astype(np.int64)))
+            continue
+        low = np.floor(c).astype(np.int64)
+        high = np.minimum(low + 1, n - 1)
+        weight = torch.as_tensor((c - low).astype(np.float32)).reshape([-1 if a == axis else 1
+                                                                         for a in range(array.dim())])
+        array = torch.lerp(array.index_select(axis, torch.as_tensor(low)),
+                           array.index_select(axis, torch.as_tensor(high)), weight)
     return array.contiguous()
