@@ -152,6 +152,14 @@ class CaseStore:
         self.reads = 0
         """Arrays read from disk (not served from memory), for tests and benchmarks."""
 
+    @classmethod
+    def shared(cls, root: Path, memory_bytes: int = 0) -> CaseStore:
+        """The process's store of ``root``: every site of a simulation shares one memory budget."""
+        key = (Path(root), memory_bytes)
+        if key not in _STORES:
+            _STORES[key] = cls(root, memory_bytes)
+        return _STORES[key]
+
     def folder(self, key: str) -> Path:
         return self.root / "cases" / key[:2] / key
 
@@ -223,6 +231,9 @@ class CaseStore:
 
     def __getstate__(self) -> dict:  # loader workers get the store without the main process's memory cache
         return {**self.__dict__, "_memory": OrderedDict(), "_held": 0}
+
+
+_STORES: dict[tuple[Path, int], CaseStore] = {}
 
 
 def cache_size(root: Path) -> tuple[int, int]:

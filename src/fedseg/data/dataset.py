@@ -41,7 +41,7 @@ class SiteDataset:
         self.annotated = [task.class_names.index(name) for name in own.class_names]
         """Task class indices this site annotates (all of them unless the site declares labels)."""
         self.settings = settings = settings or data_settings()
-        self.store = CaseStore(settings.cache, settings.memory_bytes)
+        self.store = CaseStore.shared(settings.cache, settings.memory_bytes)
         cases = discover_cases(spec.name, spec.path)
         if spec.shard is not None:
             cases = shard_cases(cases, *spec.shard, seed=seed)
