@@ -1,12 +1,12 @@
 """The plain loop the data benchmarks compare fedseg with: read, check and preprocess one case with
-PIL/nibabel, numpy and torch, in the order fedseg's preprocessing applies its steps (intensity on
-the full image, then resizing; orientation, spacing, then intensity for volumes).
+PIL/nibabel, numpy and torch, in the order fedseg's preprocessing applies its steps (since 81d3861:
+resizing, then intensity on the small image; orientation, spacing, then intensity for volumes;
+before 81d3861 fedseg and this loop took the percentiles on the full-size picture).
 
 2D (``prepare_2d``): PIL open, RGB averaged to grey, the mask binarised at 128, both checked
-(same size, finite values), percentile rescale to [-1, 1] with numpy, resize with
-``torch.nn.functional.interpolate`` (``area`` for the image, ``nearest`` for the mask), as MONAI's
-Resized does. 3D (``prepare_3d``): nibabel load, orientation checked (the generated volumes are
-RAS: nothing to do), image and label checked (shape, affine, finite values, label values),
+(same size, finite values), resized with ``torch.nn.functional.interpolate`` (``area`` for the
+image, ``nearest`` for the mask) as MONAI's Resized does, percentile rescale to [-1, 1] with numpy.
+3D (``prepare_3d``): nibabel load, orientation checked (the generated volumes are RAS: nothing to do), image and label checked (shape, affine, finite values, label values),
 resampled with ``interpolate`` (``trilinear`` / ``nearest``) to the target spacing, clipped and
 rescaled to [-1, 1]. Results are float32 images and uint8 labels, channel first.
 """
@@ -43,11 +43,11 @@ def prepare_2d(image_path: Path, label_path: Path, size=(128, 128), percentiles=
     if mask.shape != grey.shape or not np.isfinite(grey).all():
         raise ValueError(f"{image_path}: bad case")
     label = (mask >= 128).astype(np.float32)
-    lower, upper = np.percentile(grey, percentiles)
-    grey = np.clip((grey - lower) / max(upper - lower, 1e-8) * 2.0 - 1.0, -1.0, 1.0)
-    image = F.interpolate(torch.from_numpy(grey)[None, None], size=tuple(size), mode="area")[0]
+    image = F.interpolate(torch.from_numpy(grey)[None, None], size=tuple(size), mode="area")[0].numpy()
     label = F.interpolate(torch.from_numpy(label)[None, None], size=tuple(size), mode="nearest")[0]
-    return image.numpy().astype(np.float32), label.numpy().astype(np.uint8)
+    lower, upper = np.percentile(image, percentiles)
+    image = np.clip((image - lower) / max(upper - lower, 1e-8) * 2.0 - 1.0, -1.0, 1.0)
+    return image.astype(np.float32), label.numpy().astype(np.uint8)
 
 
 def prepare_3d(image_path: Path, label_path: Path, spacing=(1.6, 1.6, 2.5), clip=(-200.0, 250.0)):
