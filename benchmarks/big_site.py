@@ -19,7 +19,7 @@ Run:  .venv/bin/python benchmarks/big_site.py --dir /path/with/20GB [--cases 300
 
 Measured 2026-11-27 on 2 shared CPU cores (load average 2.5-4.4), ``--cases 6`` (512x512x120 .nii,
 5 training cases, 1 test case, 4 steps), one run each; the 300-case run is not measured yet.
-  before = commit 554d48b (no cache), after = HEAD 5c8592d's working tree at 01:46 UTC
+  before = commit 554d48b (no cache), after = the working tree at 01:46 UTC (the cache, 0677447 on)
                wall s  training s  peak RSS run MB  tree peak MB  NIfTI opens (distinct files)
   before, 1st    77       2.7         2738             2697          48 (12)
   before, 2nd    77       2.6         2760             2745          48 (12)
