@@ -136,10 +136,6 @@ class Entry:
     locations: bool
     """Whether sampled foreground/background locations are stored (patch training)."""
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * 4 + int(np.prod(self.shape[1:]))
-
 
 class CaseStore:
     """Cached cases under ``root``, with an optional least-recently-used memory cache of ``memory_bytes``."""

@@ -9,6 +9,7 @@ come back. Every case runs, so all problems of a site are reported together.
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from fedseg.data.case_files import Case
 from fedseg.data.errors import Problem
 from fedseg.data.loading import LoadedCase, load_case
 from fedseg.data.preprocessing import Preprocessing, deterministic_transforms
-from fedseg.data.readers import max_values
+from fedseg.data.readers import MAX_VALUES_ENV, max_values
 from fedseg.data.task import Task
 from fedseg.seeding import stable_seed
 
@@ -147,10 +148,6 @@ def _as_dict(case: LoadedCase, annotated: tuple[int, ...]) -> dict:
 def resampled_too_big(case: LoadedCase, preprocessing: Preprocessing) -> Problem | None:
     """A case that resampling to ``preprocessing.spacing`` would blow up past the reader's size limit
     (a header spacing of 1e6 mm, say), found before any resampling."""
-    import math
-
-    from fedseg.data.readers import MAX_VALUES_ENV
-
     if preprocessing.spacing is None:
         return None
     image = case.image
